@@ -1,0 +1,44 @@
+# The two set-up commands are `make demo` and `make test`; both create or update .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+DEMO_DIR ?= .demo
+
+.PHONY: demo test lint format bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Core install (what a data engineer gets): re-run whenever pyproject.toml changes.
+$(VENV)/.core: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# Everything, for the suite: torch first, pinned to the CPU build that lies on this machine's disk.
+$(VENV)/.all: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,torch,dali,rag,server]'
+	touch $@ $(VENV)/.core
+
+demo: $(VENV)/.core
+	$(PY) -m shardyard.demo --workdir $(DEMO_DIR)
+
+lint: $(VENV)/.all
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(VENV)/.all
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/pytest -n 2 --dist loadgroup
+
+bench: $(VENV)/.all
+	$(PY) benchmarks/bench_datastore.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,250 @@
+"""DatasetWriter: batches in, Parquet or Arrow IPC shards out, manifest committed last."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import uuid
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datastore import __version__
+from datastore.atomic import commit_manifest
+from datastore.config import StorageConfig
+from datastore.errors import InvalidInput, ShardyardError, Unsupported
+from datastore.manifest import (
+    CreationInfo,
+    Manifest,
+    ParentRef,
+    ShardInfo,
+    TableFormat,
+    checksum,
+    column_stats,
+    merge_stats,
+)
+from datastore.store import ObjectStore, open_store
+
+__all__ = ["DEFAULT_SHARD_SIZE", "DatasetWriter"]
+
+DEFAULT_SHARD_SIZE = 256 * 1024 * 1024
+DEFAULT_ROW_GROUP_BYTES = 16 * 1024 * 1024
+_EXT = {"parquet": "parquet", "arrow": "arrow"}
+
+
+class DatasetWriter:
+    """Write a table dataset version: ``with DatasetWriter(uri, ...) as w: w.write(batch)``.
+
+    Shards roll over once their encoded size reaches ``shard_size`` bytes; rows are buffered
+    into row groups of about ``row_group_bytes`` (in memory) first. Each finished shard is
+    uploaded in the background while the next one is encoded (at most one in flight). The
+    manifest is committed on a clean exit of the ``with`` block (or by :meth:`commit`); after an
+    exception nothing is committed and the uploaded shards, which no manifest names, are
+    removed best-effort.
+
+    ``format="parquet"`` (zstd, page checksums) is compact; ``format="arrow"`` writes
+    uncompressed Arrow IPC files that readers memory-map for fast random access. ``version``
+    pins the version number to commit (a lost race raises
+    :class:`~datastore.atomic.VersionConflict`); by default the next free number is taken.
+    ``shard_prefix`` names the folder under ``data/`` (default: random) so that a deterministic
+    job can produce the same paths every run.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        schema: pa.Schema | None = None,
+        format: TableFormat = "parquet",
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+        compression: str | None = "zstd",
+        version: int | None = None,
+        parents: Sequence[ParentRef] = (),
+        metadata: dict[str, Any] | None = None,
+        shard_prefix: str | None = None,
+        config: StorageConfig | None = None,
+        store: ObjectStore | None = None,
+    ) -> None:
+        if format not in _EXT:
+            raise Unsupported(f"table format {format!r} is not one of parquet, arrow")
+        if shard_size <= 0:
+            raise Unsupported(f"shard_size must be a positive number of bytes, got {shard_size}")
+        self.store = store or open_store(uri, config)
+        self.uri = self.store.uri
+        self.schema = schema
+        self.format: TableFormat = format
+        self.shard_size = shard_size
+        self.row_group_bytes = row_group_bytes
+        self.compression = compression if format == "parquet" else None
+        self.version = version
+        self.parents = list(parents)
+        self.metadata = dict(metadata or {})
+        self.prefix = f"data/{shard_prefix or uuid.uuid4().hex}"
+        self.manifest: Manifest | None = None
+        self._shards: list[ShardInfo] = []
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_bytes = 0
+        self._sink: pa.BufferOutputStream | None = None
+        self._writer: Any = None
+        self._rows = 0
+        self._stats: dict[str, dict[str, Any]] = {}
+        self._uploads = cf.ThreadPoolExecutor(1, thread_name_prefix="shardyard-upload")
+        self._inflight: cf.Future[ShardInfo] | None = None
+        self._closed = False
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    # -- writing ---------------------------------------------------------------------------
+    def write(self, data: pa.RecordBatch | pa.Table | Iterable[pa.RecordBatch]) -> None:
+        """Append rows: a record batch, a table, or an iterable of record batches."""
+        if self._closed:
+            raise ShardyardError(f"writer for {self.uri} is already committed or aborted")
+        if isinstance(data, pa.Table):
+            batches: Iterable[pa.RecordBatch] = data.to_batches()
+        elif isinstance(data, pa.RecordBatch):
+            batches = [data]
+        else:
+            batches = data
+        for batch in batches:
+            batch = self._conform(batch)
+            if batch.num_rows == 0:
+                continue
+            self._pending.append(batch)
+            self._pending_bytes += batch.nbytes
+            if self._pending_bytes >= self.row_group_bytes:
+                self._flush_row_group()
+
+    def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if self.schema is None:
+            self.schema = batch.schema
+            return batch
+        if batch.schema.equals(self.schema):
+            return batch
+        try:
+            return batch.select(self.schema.names).cast(self.schema)
+        except (KeyError, ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise InvalidInput(
+                f"batch for {self.uri} does not match the dataset schema "
+                f"({', '.join(self.schema.names)}): {err}"
+            ) from None
+
+    def _flush_row_group(self) -> None:
+        if not self._pending:
+            return
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        self._pending, self._pending_bytes = [], 0
+        if self._writer is None:
+            self._open_shard()
+        if self.format == "parquet":
+            self._writer.write_table(table, row_group_size=table.num_rows)
+        else:
+            self._writer.write_table(table, max_chunksize=max(1, table.num_rows))
+        self._rows += table.num_rows
+        self._stats = merge_stats(self._stats, column_stats(table))
+        assert self._sink is not None
+        if self._sink.tell() >= self.shard_size:
+            self._close_shard()
+
+    def _open_shard(self) -> None:
+        assert self.schema is not None
+        self._sink = pa.BufferOutputStream()
+        if self.format == "parquet":
+            self._writer = pq.ParquetWriter(
+                self._sink,
+                self.schema,
+                compression=self.compression or "none",
+                write_page_checksum=True,
+                write_statistics=True,
+            )
+        else:
+            self._writer = pa.ipc.new_file(self._sink, self.schema)
+
+    def _close_shard(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        assert self._sink is not None
+        buf = self._sink.getvalue()
+        index = len(self._shards) + (self._inflight is not None)
+        path = f"{self.prefix}/part-{index:05d}.{_EXT[self.format]}"
+        rows, stats = self._rows, self._stats
+        self._writer, self._sink, self._rows, self._stats = None, None, 0, {}
+        self._wait_inflight()
+        self._inflight = self._uploads.submit(self._upload, path, buf, rows, stats)
+
+    def _upload(
+        self, path: str, buf: pa.Buffer, rows: int, stats: dict[str, dict[str, Any]]
+    ) -> ShardInfo:
+        digest = checksum(buf)
+        self.store.put(path, buf)
+        return ShardInfo(path=path, bytes=buf.size, checksum=digest, rows=rows, stats=stats)
+
+    def _wait_inflight(self) -> None:
+        if self._inflight is not None:
+            future, self._inflight = self._inflight, None
+            self._shards.append(future.result())
+
+    # -- ending ----------------------------------------------------------------------------
+    def commit(self) -> Manifest:
+        """Flush, upload the last shard and create the manifest; returns it."""
+        if self._closed:
+            raise ShardyardError(f"writer for {self.uri} is already committed or aborted")
+        try:
+            self._flush_row_group()
+            self._close_shard()
+            self._wait_inflight()
+        except BaseException:
+            self.abort()
+            raise
+        if self.schema is None:
+            raise InvalidInput(f"nothing was written to {self.uri} and no schema was given")
+        self._closed = True
+        self._uploads.shutdown()
+        schema, shards = self.schema, list(self._shards)
+
+        def build(v: int) -> Manifest:
+            return Manifest(
+                version=v,
+                kind="table",
+                schema=schema,
+                table_format=self.format,
+                shards=shards,
+                created=CreationInfo.now(f"shardyard {__version__}"),
+                parents=self.parents,
+                metadata=self.metadata,
+            )
+
+        self.manifest = commit_manifest(self.store, build, self.version)
+        return self.manifest
+
+    def abort(self) -> None:
+        """Discard everything written; nothing becomes visible. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._wait_inflight()
+        except BaseException:
+            pass
+        self._uploads.shutdown()
+        for shard in self._shards:
+            try:
+                self.store.delete(shard.path)
+            except Exception:
+                continue

@@ -1,0 +1,3 @@
+"""loaders: filled by later issues (see docs/architecture.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+from shardyard.cli import main
+
+main()

@@ -1,0 +1,71 @@
+"""Compose ``shardyard`` from the packages' sub-apps; turn Shardyard errors into one line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import typer
+
+import datastore.cli
+from datastore import ShardyardError, StorageConfig, __version__
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Shardyard: sharded datasets, pipelines, loaders and a registry for LLM training.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(datastore.cli.app, name="dataset")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"shardyard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    endpoint_url: str | None = typer.Option(
+        None, "--endpoint-url", help="S3 endpoint (else SHARDYARD_S3_ENDPOINT_URL, config, AWS)."
+    ),
+    region: str | None = typer.Option(None, "--region", help="S3 region."),
+    profile: str | None = typer.Option(None, "--profile", help="AWS profile for credentials."),
+    verbose: int = typer.Option(0, "--verbose", "-V", count=True, help="More logging (-VV debug)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Storage flags here apply to every sub-command."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {"endpoint_url": endpoint_url, "region": region, "profile": profile}
+    ctx.obj = {"storage": StorageConfig.resolve(overrides)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI; any Shardyard error is one line on stderr and exit code 1."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="shardyard", standalone_mode=False)
+    except ShardyardError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.TyperException as err:  # usage errors: click's one-line message and exit 2
+        show = getattr(err, "show", None)
+        if show is not None:
+            show()
+        else:
+            typer.echo(f"error: {err}", err=True)
+        sys.exit(getattr(err, "exit_code", 2))
+    except KeyboardInterrupt:
+        sys.exit(130)
