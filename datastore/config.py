@@ -66,6 +66,11 @@ class StorageConfig:
             raise Unsupported(
                 f"addressing_style {self.addressing_style!r} is not one of auto, path, virtual"
             )
+        if self.multipart_chunksize < 5 * 1024 * 1024:
+            raise Unsupported(
+                f"multipart_chunksize must be at least 5 MiB (S3's minimum part), "
+                f"got {self.multipart_chunksize}"
+            )
         if self.max_attempts < 1:
             raise Unsupported(f"max_attempts must be >= 1, got {self.max_attempts}")
 
