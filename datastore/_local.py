@@ -75,6 +75,15 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             raise NotFound(f"{self.uri_of(key)} does not exist") from None
 
+    def make_durable(self, key: str) -> None:
+        path = self._path(key)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(path.parent)
+
     def put(
         self, key: str, data: Data, *, mode: PutMode = "overwrite", if_match: str | None = None
     ) -> ObjectInfo:

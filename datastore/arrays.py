@@ -28,11 +28,15 @@ from datastore.uri import Location
 __all__ = ["ArrayDatasetWriter", "open_zarr_array", "zarr_store"]
 
 
-def zarr_store(store: ObjectStore, *, read_only: bool) -> Any:
-    """A zarr v3 store rooted where ``store`` is: LocalStore, or ObjectStore over obstore S3."""
+def zarr_store(store: ObjectStore, path: str, *, read_only: bool) -> Any:
+    """A zarr v3 store rooted at ``path`` below ``store``: LocalStore, or obstore over S3.
+
+    Rooting the zarr store at the array itself keeps zarr from writing implicit group
+    metadata into the dataset prefix.
+    """
     import zarr.storage
 
-    loc: Location = store.location
+    loc: Location = store.location.join(path)
     if loc.scheme == "file":
         return zarr.storage.LocalStore(loc.path, read_only=read_only)
     from datastore._s3 import S3Store
@@ -48,7 +52,7 @@ def open_zarr_array(store: ObjectStore, info: ArrayInfo) -> Any:
     """Open the array ``info`` describes, read-only."""
     import zarr
 
-    return zarr.open_array(zarr_store(store, read_only=True), path=info.path, mode="r")
+    return zarr.open_array(zarr_store(store, info.path, read_only=True), mode="r")
 
 
 class _Appender:
@@ -96,7 +100,6 @@ class ArrayDatasetWriter:
         version: int | None = None,
         parents: Sequence[ParentRef] = (),
         metadata: dict[str, Any] | None = None,
-        prefix: str | None = None,
         config: StorageConfig | None = None,
         store: ObjectStore | None = None,
     ) -> None:
@@ -105,9 +108,8 @@ class ArrayDatasetWriter:
         self.version = version
         self.parents = list(parents)
         self.metadata = dict(metadata or {})
-        self.prefix = f"arrays/{prefix or uuid.uuid4().hex}"
+        self.prefix = f"arrays/{uuid.uuid4().hex}"
         self.manifest: Manifest | None = None
-        self._zarr = zarr_store(self.store, read_only=False)
         self._arrays: dict[str, _Appender] = {}
         self._closed = False
 
@@ -152,8 +154,7 @@ class ArrayDatasetWriter:
         compressors.append(zarr.codecs.Crc32cCodec())
         row = tuple(int(x) for x in row_shape)
         array = zarr.create_array(
-            self._zarr,
-            name=f"{self.prefix}/{name}",
+            zarr_store(self.store, f"{self.prefix}/{name}", read_only=False),
             shape=(0, *row),
             dtype=np.dtype(dtype),
             chunks=(chunk_rows, *row),
@@ -212,6 +213,7 @@ class ArrayDatasetWriter:
         path = f"{self.prefix}/{name}"
         objects = []
         for obj in self.store.list(path + "/"):
+            self.store.make_durable(obj.key)  # zarr's LocalStore does not fsync
             data = self.store.read_buffer(obj.key, obj.size)
             objects.append(ObjectEntry(path=obj.key, bytes=data.size, checksum=checksum(data)))
         arr = app.array

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from datastore.errors import AlreadyExists, NotFound, PreconditionFailed
+from datastore.errors import AlreadyExists, NotFound, PreconditionFailed, Unsupported
 from datastore.manifest import MANIFEST_DIR, Manifest, manifest_key, parse_manifest_key
 from datastore.store import ObjectStore
 
@@ -50,6 +50,8 @@ def commit_manifest(
     writer takes the next free number, retrying a bounded number of times.
     """
     explicit = version is not None
+    if version is not None and version < 1:
+        raise Unsupported(f"dataset versions start at 1; got {version} for {store.uri}")
     attempts = 1 if explicit else _AUTO_RETRIES
     for _ in range(attempts):
         v = version if version is not None else (latest_version(store) or 0) + 1

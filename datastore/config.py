@@ -4,7 +4,8 @@ Resolution order, first hit wins, per key:
 
 1. explicit values (CLI flags, keyword arguments) passed as ``overrides``;
 2. ``SHARDYARD_S3_*`` environment variables (each field names its variable below);
-3. the Shardyard config file: ``$SHARDYARD_CONFIG`` or ``~/.config/shardyard/config.toml``,
+3. the Shardyard config file: ``$SHARDYARD_CONFIG``, else
+   ``${XDG_CONFIG_HOME:-~/.config}/shardyard/config.toml``,
    table ``[s3]`` with the field names as keys;
 4. the standard AWS chain for what is still unset: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``,
    ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_PROFILE``, and credentials from boto3's provider

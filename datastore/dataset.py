@@ -14,8 +14,15 @@ import pyarrow.parquet as pq
 
 from datastore.atomic import latest_version, list_versions
 from datastore.config import StorageConfig
-from datastore.errors import Corrupt, InvalidInput, NotFound
-from datastore.manifest import Manifest, ObjectEntry, ShardInfo, checksum, manifest_key
+from datastore.errors import Corrupt, InvalidInput, NotFound, Unsupported
+from datastore.manifest import (
+    CHECKSUM_ALGORITHM,
+    Manifest,
+    ObjectEntry,
+    ShardInfo,
+    checksum,
+    manifest_key,
+)
 from datastore.store import ObjectStore, open_store
 
 __all__ = [
@@ -76,7 +83,10 @@ def open_dataset(
         known = list_versions(store)
         hint = f"known versions: {known}" if known else "no versions are committed there"
         raise NotFound(f"dataset {store.uri} has no version {version}; {hint}") from None
-    manifest = Manifest.from_json(raw, store.uri_of(manifest_key(version)))
+    where = store.uri_of(manifest_key(version))
+    manifest = Manifest.from_json(raw, where)
+    if manifest.version != version:
+        raise Corrupt(f"manifest {where} says it is version {manifest.version}")
     if manifest.kind == "array":
         return ArrayDataset(store, manifest, verify_reads=verify_reads)
     return TableDataset(store, manifest, verify_reads=verify_reads)
@@ -144,6 +154,12 @@ def _check(entry: ObjectEntry, buf: pa.Buffer, where: str) -> None:
         raise Corrupt(
             f"shard {where} is {buf.size} bytes but the manifest says {entry.bytes} "
             "(truncated or replaced)"
+        )
+    algorithm = entry.checksum.partition(":")[0]
+    if algorithm != CHECKSUM_ALGORITHM:
+        raise Unsupported(
+            f"shard {where} uses checksum {algorithm!r}; this Shardyard knows "
+            f"{CHECKSUM_ALGORITHM!r}: upgrade shardyard to read it"
         )
     digest = checksum(buf)
     if digest != entry.checksum:

@@ -14,9 +14,9 @@ import json
 import math
 import platform
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import xxhash
@@ -208,23 +208,36 @@ class Manifest:
                 f"manifest {where} has format version {fv}; this Shardyard reads up to "
                 f"{FORMAT_VERSION}: upgrade shardyard to read it"
             )
+        if doc.get("kind") not in ("table", "array"):
+            raise Unsupported(f"manifest {where} has unknown kind {doc.get('kind')!r}")
         try:
             return cls(
                 version=int(doc["version"]),
                 kind=doc["kind"],
                 table_format=doc.get("table_format"),
                 schema=schema_from_json(doc["schema"]) if doc.get("schema") else None,
-                shards=[ShardInfo(**s) for s in doc.get("shards", [])],
+                shards=[_load(ShardInfo, s) for s in doc.get("shards", [])],
                 arrays=[
-                    ArrayInfo(**{**a, "objects": [ObjectEntry(**o) for o in a["objects"]]})
+                    _load(
+                        ArrayInfo, {**a, "objects": [_load(ObjectEntry, o) for o in a["objects"]]}
+                    )
                     for a in doc.get("arrays", [])
                 ],
-                created=CreationInfo(**doc["created"]),
-                parents=[ParentRef(**p) for p in doc.get("parents", [])],
+                created=_load(CreationInfo, doc["created"]),
+                parents=[_load(ParentRef, p) for p in doc.get("parents", [])],
                 metadata=doc.get("metadata", {}),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise Corrupt(f"manifest {where} is malformed ({type(err).__name__}: {err})") from None
+
+
+_T = TypeVar("_T")
+
+
+def _load(cls: type[_T], entry: dict[str, Any]) -> _T:
+    """Build ``cls`` from a JSON object, ignoring keys a later minor revision may add."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in entry.items() if k in names})
 
 
 def schema_to_json(schema: pa.Schema) -> dict[str, Any]:
@@ -261,7 +274,10 @@ def column_stats(table: pa.Table | pa.RecordBatch) -> dict[str, dict[str, Any]]:
         ) and len(col) > col.null_count:
             mm = pc.min_max(col)
             for k in ("min", "max"):
-                v = _json_scalar(mm[k].as_py())
+                scalar = mm[k]
+                if pa.types.is_temporal(t):  # ISO text; as_py() cannot hold nanoseconds
+                    scalar = scalar.cast(pa.string())
+                v = _json_scalar(scalar.as_py())
                 if v is not None:
                     entry[k] = v
         out[name] = entry

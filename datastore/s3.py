@@ -98,7 +98,9 @@ def make_client(config: StorageConfig) -> S3Client:
         config=Config(
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
-            retries={"max_attempts": 1, "mode": "standard"},
+            # "total_max_attempts" counts the first try; botocore's "max_attempts" counts only
+            # retries, so {"max_attempts": 1} would retry once, silently, under our policy.
+            retries={"total_max_attempts": 1, "mode": "standard"},
             s3={"addressing_style": style},
             max_pool_connections=max(10, config.max_concurrency * 2),
         ),

@@ -95,6 +95,11 @@ class ObjectStore(abc.ABC):
             return False
         return True
 
+    def make_durable(self, key: str) -> None:
+        """Ensure ``key``, written by a third party (e.g. zarr), survives a crash. Stores whose
+        puts are durable when they return (S3) need nothing."""
+        return None
+
     def read_buffer(self, key: str, size: int | None = None) -> pa.Buffer:
         """The whole object as an Arrow buffer; ``size`` (bytes), when known, allows
         backends to split the read into parallel ranges."""

@@ -48,8 +48,6 @@ class DatasetWriter:
     uncompressed Arrow IPC files that readers memory-map for fast random access. ``version``
     pins the version number to commit (a lost race raises
     :class:`~datastore.atomic.VersionConflict`); by default the next free number is taken.
-    ``shard_prefix`` names the folder under ``data/`` (default: random) so that a deterministic
-    job can produce the same paths every run.
     """
 
     def __init__(
@@ -64,7 +62,6 @@ class DatasetWriter:
         version: int | None = None,
         parents: Sequence[ParentRef] = (),
         metadata: dict[str, Any] | None = None,
-        shard_prefix: str | None = None,
         config: StorageConfig | None = None,
         store: ObjectStore | None = None,
     ) -> None:
@@ -82,7 +79,8 @@ class DatasetWriter:
         self.version = version
         self.parents = list(parents)
         self.metadata = dict(metadata or {})
-        self.prefix = f"data/{shard_prefix or uuid.uuid4().hex}"
+        # A token no other writer uses: shards of uncommitted writers never collide.
+        self.prefix = f"data/{uuid.uuid4().hex}"
         self.manifest: Manifest | None = None
         self._shards: list[ShardInfo] = []
         self._pending: list[pa.RecordBatch] = []
@@ -123,12 +121,14 @@ class DatasetWriter:
             batches = data
         for batch in batches:
             batch = self._conform(batch)
-            if batch.num_rows == 0:
-                continue
-            self._pending.append(batch)
-            self._pending_bytes += batch.nbytes
-            if self._pending_bytes >= self.row_group_bytes:
-                self._flush_row_group()
+            # Split big batches so row groups, and hence shards, keep near their target sizes.
+            step = max(1, (self.row_group_bytes * batch.num_rows) // max(1, batch.nbytes))
+            for start in range(0, batch.num_rows, step):
+                piece = batch.slice(start, step)
+                self._pending.append(piece)
+                self._pending_bytes += piece.nbytes
+                if self._pending_bytes >= self.row_group_bytes:
+                    self._flush_row_group()
 
     def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         if self.schema is None:
@@ -230,7 +230,11 @@ class DatasetWriter:
                 metadata=self.metadata,
             )
 
-        self.manifest = commit_manifest(self.store, build, self.version)
+        try:
+            self.manifest = commit_manifest(self.store, build, self.version)
+        except BaseException:
+            self._delete_shards()  # lost the race or could not encode: they are garbage
+            raise
         return self.manifest
 
     def abort(self) -> None:
@@ -243,6 +247,9 @@ class DatasetWriter:
         except BaseException:
             pass
         self._uploads.shutdown()
+        self._delete_shards()
+
+    def _delete_shards(self) -> None:
         for shard in self._shards:
             try:
                 self.store.delete(shard.path)

@@ -35,13 +35,14 @@ def root(
     ),
     region: str | None = typer.Option(None, "--region", help="S3 region."),
     profile: str | None = typer.Option(None, "--profile", help="AWS profile for credentials."),
-    verbose: int = typer.Option(0, "--verbose", "-V", count=True, help="More logging (-VV debug)."),
+    verbose: int = typer.Option(0, "--verbose", "-V", count=True, help="More logging: -V warnings (retries), -VV info, -VVV debug."),
     version: bool = typer.Option(
         False, "--version", callback=_show_version, is_eager=True, help="Print the version."
     ),
 ) -> None:
     """Storage flags here apply to every sub-command."""
-    level = logging.WARNING - 10 * min(verbose, 2)
+    # Quiet by default (errors are printed by main as one line); -V shows retries, -VVV debug.
+    level = logging.ERROR - 10 * min(verbose, 3)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {"endpoint_url": endpoint_url, "region": region, "profile": profile}
     ctx.obj = {"storage": StorageConfig.resolve(overrides)}
