@@ -35,7 +35,13 @@ def root(
     ),
     region: str | None = typer.Option(None, "--region", help="S3 region."),
     profile: str | None = typer.Option(None, "--profile", help="AWS profile for credentials."),
-    verbose: int = typer.Option(0, "--verbose", "-V", count=True, help="More logging: -V warnings (retries), -VV info, -VVV debug."),
+    verbose: int = typer.Option(
+        0,
+        "--verbose",
+        "-V",
+        count=True,
+        help="More logging: -V warnings (retries), -VV info, -VVV debug.",
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_show_version, is_eager=True, help="Print the version."
     ),

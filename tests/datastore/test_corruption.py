@@ -90,7 +90,7 @@ def test_newer_format_version_is_refused(root_uri: str, storage: StorageConfig |
     doc = json.loads(store.get(manifest_key(1)))
     doc["format_version"] = 99
     store.put(manifest_key(2), json.dumps(doc).encode())
-    with pytest.raises(Unsupported, match="format version 99.*upgrade shardyard"):
+    with pytest.raises(Unsupported, match=r"format version 99.*upgrade shardyard"):
         open_dataset(root_uri, config=storage)
     assert open_dataset(root_uri, 1, config=storage).version == 1
 
@@ -132,7 +132,7 @@ def test_array_bitflip_named_by_verify_and_read(
     problems = open_dataset(root_uri, config=storage).verify().problems
     assert len(problems) == 1 and victim.path in problems[0]
     arr = open_dataset(root_uri, config=storage).array("tokens")  # type: ignore[union-attr]
-    with pytest.raises(Exception, match="(?i)crc|checksum"):
+    with pytest.raises(Exception, match=r"(?i)crc|checksum"):
         arr[:]
 
 

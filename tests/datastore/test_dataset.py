@@ -131,7 +131,7 @@ def test_explicit_version_conflict(root_uri: str, storage: StorageConfig | None)
     with DatasetWriter(root_uri, version=1, config=storage) as w:
         w.write(corpus(5))
     with (
-        pytest.raises(VersionConflict, match="version 1 .* another writer"),
+        pytest.raises(VersionConflict, match=r"version 1 .* another writer"),
         DatasetWriter(root_uri, version=1, config=storage) as w,
     ):
         w.write(corpus(7))
