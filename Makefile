@@ -23,7 +23,12 @@ $(VENV)/.all: pyproject.toml | $(BIN)/activate
 	touch $@ $(VENV)/.core
 
 demo: $(VENV)/.core
-	$(PY) -m shardyard.demo --workdir $(DEMO_DIR)
+	$(PY) examples/demo.py --workdir $(DEMO_DIR)
+	$(BIN)/shardyard dataset versions $(DEMO_DIR)/corpus
+	$(BIN)/shardyard dataset info $(DEMO_DIR)/corpus
+	$(BIN)/shardyard dataset head $(DEMO_DIR)/corpus -n 5 -c id,source,text
+	$(BIN)/shardyard dataset verify $(DEMO_DIR)/corpus
+	$(BIN)/shardyard dataset info $(DEMO_DIR)/tokens
 
 lint: $(VENV)/.all
 	$(BIN)/ruff check .

@@ -74,7 +74,8 @@ class DatasetWriter:
         self.schema = schema
         self.format: TableFormat = format
         self.shard_size = shard_size
-        self.row_group_bytes = row_group_bytes
+        # Row groups are the unit of roll-over, so keep several of them per shard.
+        self.row_group_bytes = max(1, min(row_group_bytes, shard_size // 4))
         self.compression = compression if format == "parquet" else None
         self.version = version
         self.parents = list(parents)
