@@ -7,6 +7,7 @@ so no process outlives the run.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -139,8 +140,19 @@ class SeaweedFS:
             f"-s3.config={identities}",
         ]
         log = (self.workdir / "weed.log").open("ab")
+        # A throwaway SSE-S3 key enables server-side encryption (ServerSideEncryption=AES256);
+        # kept in the workdir so a restart on the same data can still decrypt it.
+        key_file = self.workdir / "sse.key"
+        if not key_file.exists():
+            key_file.write_text(base64.b64encode(os.urandom(32)).decode())
+        env = {**os.environ, "WEED_S3_SSE_KEY": key_file.read_text()}
         self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.workdir,
+            env=env,
         )
         log.close()
         self._wait_ready()
@@ -168,7 +180,10 @@ class SeaweedFS:
                 )
             try:
                 probe = f"probe-{os.getpid()}"
-                client.create_bucket(Bucket=probe)
+                try:
+                    client.create_bucket(Bucket=probe)
+                except client.exceptions.BucketAlreadyOwnedByYou:
+                    pass  # a restart on the same data directory
                 client.put_object(Bucket=probe, Key="ready", Body=b"1")
                 client.delete_object(Bucket=probe, Key="ready")
                 return
