@@ -21,7 +21,7 @@ from datastore.errors import AlreadyExists, NotFound, PreconditionFailed
 from datastore.store import Data, ObjectInfo, ObjectStore, PutMode
 from datastore.uri import Location
 
-__all__ = ["LocalStore", "is_temporary"]
+__all__ = ["LocalObjectWriter", "LocalStore", "is_temporary"]
 
 _TMP_MARK = ".tmp-"
 
@@ -108,6 +108,13 @@ class LocalStore(ObjectStore):
         _fsync_dir(path.parent)
         return ObjectInfo(key, path.stat().st_size, _etag(path.stat()))
 
+    def open_writer(self, key: str, content_type: str | None = None) -> LocalObjectWriter:
+        """A streaming writer for ``key`` (overwrite): bytes go straight to a hidden temporary
+        file next to it, which :meth:`LocalObjectWriter.commit` fsyncs and publishes atomically
+        (like :meth:`put`, without first holding the whole object in memory). ``content_type``
+        is accepted for symmetry with S3 and ignored."""
+        return LocalObjectWriter(self, key)
+
     def _link_exclusive(self, tmp: Path, path: Path, key: str) -> None:
         try:
             os.link(tmp, path)
@@ -171,6 +178,57 @@ class LocalStore(ObjectStore):
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
+
+class LocalObjectWriter:
+    """Streams one object into a temporary file; nothing is visible until :meth:`commit`."""
+
+    def __init__(self, store: LocalStore, key: str) -> None:
+        self.store = store
+        self.key = key
+        self.path = store._path(key)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}{_TMP_MARK}{uuid.uuid4().hex}")
+        self._fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.size = 0
+
+    def write(self, data: Data) -> None:
+        """Append ``data`` to the object."""
+        if self._fd is None:
+            raise ValueError(f"writer for {self.store.uri_of(self.key)} is closed")
+        view = memoryview(data).cast("B")
+        self.size += view.nbytes
+        while view.nbytes:
+            view = view[os.write(self._fd, view) :]
+
+    def commit(self) -> ObjectInfo:
+        """fsync the data, publish it under the key (replacing any old object), fsync the
+        directory; the object is then complete and durable."""
+        if self._fd is None:
+            raise ValueError(f"writer for {self.store.uri_of(self.key)} is closed")
+        fd, self._fd = self._fd, None
+        try:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self.tmp, self.path)
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+        _fsync_dir(self.path.parent)
+        st = self.path.stat()
+        return ObjectInfo(self.key, st.st_size, _etag(st))
+
+    def abort(self) -> None:
+        """Drop the temporary file; the key is left as it was. Safe to call twice."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        try:
+            self.tmp.unlink()
         except FileNotFoundError:
             pass
 

@@ -26,6 +26,7 @@ from datastore.errors import (
     ShardyardError,
     Unauthenticated,
     Unreachable,
+    Unsupported,
 )
 from datastore.retry import RetryPolicy, call_with_retry
 
@@ -157,8 +158,15 @@ def is_transient(err: BaseException) -> bool:
         return True
     if isinstance(err, bex.ClientError):
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if _not_implemented(err):
+            return False  # a 501 is an answer: asking again gets the same one
         return error_code(err) in _TRANSIENT_CODES or status >= 500
     return isinstance(err, ConnectionError | TimeoutError)
+
+
+def _not_implemented(err: bex.ClientError) -> bool:
+    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return error_code(err) in ("NotImplemented", "501") or status == 501
 
 
 def translate(err: BaseException, what: str, endpoint: str | None) -> BaseException:
@@ -171,7 +179,7 @@ def translate(err: BaseException, what: str, endpoint: str | None) -> BaseExcept
             f"no S3 credentials for {what}; set SHARDYARD_S3_ACCESS_KEY_ID and "
             "SHARDYARD_S3_SECRET_ACCESS_KEY (or AWS_PROFILE)"
         )
-    if isinstance(err, _NETWORK_ERRORS):
+    if isinstance(err, (*_NETWORK_ERRORS, ConnectionError, TimeoutError)):
         return Unreachable(
             f"S3 endpoint {where} did not answer for {what} "
             f"({type(err).__name__}); check SHARDYARD_S3_ENDPOINT_URL and the network"
@@ -193,6 +201,10 @@ def translate(err: BaseException, what: str, endpoint: str | None) -> BaseExcept
         if code in ("AccessDenied", "403", "Forbidden") or status == 403:
             return PermissionDenied(
                 f"access denied to {what} at {where}; check the credentials and their policy"
+            )
+        if _not_implemented(err):
+            return Unsupported(
+                f"S3 endpoint {where} does not implement a feature needed for {what} ({code})"
             )
         if is_transient(err):
             return Unreachable(f"S3 endpoint {where} kept failing for {what} ({code or status})")

@@ -6,16 +6,18 @@ import concurrent.futures as cf
 import uuid
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from datastore import __version__
 from datastore.atomic import commit_manifest
 from datastore.config import StorageConfig
 from datastore.errors import InvalidInput, ShardyardError, Unsupported
 from datastore.manifest import (
+    CHECKSUM_ALGORITHM,
     CreationInfo,
     Manifest,
     ParentRef,
@@ -25,21 +27,79 @@ from datastore.manifest import (
     column_stats,
     merge_stats,
 )
-from datastore.store import ObjectStore, open_store
+from datastore.store import Data, ObjectInfo, ObjectStore, open_store
 
 __all__ = ["DEFAULT_SHARD_SIZE", "DatasetWriter"]
 
 DEFAULT_SHARD_SIZE = 256 * 1024 * 1024
 DEFAULT_ROW_GROUP_BYTES = 16 * 1024 * 1024
 _EXT = {"parquet": "parquet", "arrow": "arrow"}
+_CONTENT_TYPE = {
+    "parquet": "application/vnd.apache.parquet",
+    "arrow": "application/vnd.apache.arrow.file",
+}
+
+
+class _ObjectWriter(Protocol):
+    """A store's streaming writer for one object (``open_writer(key)`` of the local and S3
+    stores): nothing is visible under the key until ``commit`` publishes it atomically."""
+
+    def write(self, data: Data) -> None: ...
+    def commit(self) -> ObjectInfo: ...
+    def abort(self) -> None: ...
+
+
+class _HashingSink:
+    """The file object the Parquet / Arrow IPC writer encodes into: every byte is hashed
+    (xxh3-128, the manifest's checksum) on its way to the store's streaming writer, so a shard
+    is never held whole in memory nor read twice."""
+
+    closed = False
+
+    def __init__(self, target: _ObjectWriter) -> None:
+        self.target = target
+        self._hash = xxhash.xxh3_128()
+        self.size = 0
+        self.discarded = False
+
+    def write(self, data: Data) -> int:
+        view = memoryview(data)
+        if self.discarded:  # an abandoned encoder flushing on garbage collection
+            return view.nbytes
+        self._hash.update(view)
+        self.target.write(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass  # the shard is finished by _close_shard, not by the encoder
+
+    def checksum(self) -> str:
+        return f"{CHECKSUM_ALGORITHM}:{self._hash.hexdigest()}"
+
+    def discard(self) -> None:
+        self.discarded = True
+        self.target.abort()
 
 
 class DatasetWriter:
     """Write a table dataset version: ``with DatasetWriter(uri, ...) as w: w.write(batch)``.
 
     Shards roll over once their encoded size reaches ``shard_size`` bytes; rows are buffered
-    into row groups of about ``row_group_bytes`` (in memory) first. Each finished shard is
-    uploaded in the background while the next one is encoded (at most one in flight). The
+    into row groups of about ``row_group_bytes`` (in memory) first. Shards are streamed to the
+    store as they are encoded and hashed on the way (local: a temporary file; S3: multipart
+    parts uploaded in the background), so no shard is held whole in memory; a finished shard is
+    published (fsync + rename, or multipart completion) in the background while the next one is
+    encoded (at most one in flight). The
     manifest is committed on a clean exit of the ``with`` block (or by :meth:`commit`); after an
     exception nothing is committed and the uploaded shards, which no manifest names, are
     removed best-effort.
@@ -86,7 +146,9 @@ class DatasetWriter:
         self._shards: list[ShardInfo] = []
         self._pending: list[pa.RecordBatch] = []
         self._pending_bytes = 0
-        self._sink: pa.BufferOutputStream | None = None
+        self._sink: pa.BufferOutputStream | _HashingSink | None = None
+        self._path = ""
+        self._next_index = 0
         self._writer: Any = None
         self._rows = 0
         self._stats: dict[str, dict[str, Any]] = {}
@@ -164,7 +226,15 @@ class DatasetWriter:
 
     def _open_shard(self) -> None:
         assert self.schema is not None
-        self._sink = pa.BufferOutputStream()
+        self._path = f"{self.prefix}/part-{self._next_index:05d}.{_EXT[self.format]}"
+        self._next_index += 1
+        open_writer = getattr(self.store, "open_writer", None)
+        # Stream into the store when it can (local, S3); else build the shard in memory.
+        self._sink = (
+            _HashingSink(open_writer(self._path, content_type=_CONTENT_TYPE[self.format]))
+            if open_writer
+            else pa.BufferOutputStream()
+        )
         if self.format == "parquet":
             self._writer = pq.ParquetWriter(
                 self._sink,
@@ -180,14 +250,26 @@ class DatasetWriter:
         if self._writer is None:
             return
         self._writer.close()
-        assert self._sink is not None
-        buf = self._sink.getvalue()
-        index = len(self._shards) + (self._inflight is not None)
-        path = f"{self.prefix}/part-{index:05d}.{_EXT[self.format]}"
-        rows, stats = self._rows, self._stats
+        sink, path, rows, stats = self._sink, self._path, self._rows, self._stats
         self._writer, self._sink, self._rows, self._stats = None, None, 0, {}
         self._wait_inflight()
-        self._inflight = self._uploads.submit(self._upload, path, buf, rows, stats)
+        if isinstance(sink, _HashingSink):
+            self._inflight = self._uploads.submit(self._finish, path, sink, rows, stats)
+        else:
+            assert sink is not None
+            self._inflight = self._uploads.submit(self._upload, path, sink.getvalue(), rows, stats)
+
+    def _finish(
+        self, path: str, sink: _HashingSink, rows: int, stats: dict[str, dict[str, Any]]
+    ) -> ShardInfo:
+        try:
+            sink.target.commit()
+        except BaseException:
+            sink.target.abort()
+            raise
+        return ShardInfo(
+            path=path, bytes=sink.size, checksum=sink.checksum(), rows=rows, stats=stats
+        )
 
     def _upload(
         self, path: str, buf: pa.Buffer, rows: int, stats: dict[str, dict[str, Any]]
@@ -243,6 +325,12 @@ class DatasetWriter:
         if self._closed:
             return
         self._closed = True
+        if isinstance(self._sink, _HashingSink):
+            try:
+                self._sink.discard()
+            except Exception:
+                pass
+        self._writer = self._sink = None
         try:
             self._wait_inflight()
         except BaseException:

@@ -55,9 +55,8 @@ def main() -> None:
     arrays = open_dataset(tokens_uri)
     print(f"wrote {tokens_uri}: {len(arrays):,} rows x {seq_len} tokens (Zarr v3, sharded)")
     result = arrays.verify()
-    print(
-        f"verified {result.checked} objects, {result.bytes:,} bytes: {'ok' if result.ok else result.problems}"
-    )
+    status = "ok" if result.ok else "; ".join(result.problems)
+    print(f"verified {result.checked} objects, {result.bytes:,} bytes: {status}")
 
 
 if __name__ == "__main__":

@@ -28,4 +28,3 @@ def test_s3_store_state_machine(s3_config: StorageConfig) -> None:
 
     S3.TestCase.settings = settings(max_examples=10, stateful_step_count=15, deadline=None)
     S3.TestCase().runTest()
-
