@@ -476,18 +476,23 @@ def machine() -> list[str]:
     mem = int(sh("grep MemTotal /proc/meminfo | awk '{print $2}'") or 0) / 1024**2
     weed = sh(f"{shlex.quote(weed_binary())} version 2>&1 | head -1")
     git = f"git -C {shlex.quote(str(REPO))}"
-    dev = sh("df --output=source . | tail -1")
+    here = shlex.quote(str(REPO))
+    dev = sh(f"df --output=source {here} | tail -1")
     name = os.path.basename(dev)
+    fs = " ".join(sh(f"df -h --output=fstype,size,avail {here} | tail -1").split())
     disk = (
-        f"{dev} {sh('df -hT --output=fstype,size,avail . | tail -1')}, "
+        f"{dev}, {fs} (type, size, free), "
         f"/sys/block/{name}/queue/rotational="
         f"{sh(f'cat /sys/block/{name}/queue/rotational 2>/dev/null') or '?'} "
         "(a virtual disk: the host's storage behind it is unknown)"
     )
     return [
-        f"- CPU: {cpu}, {os.cpu_count()} logical cores "
-        f"({sh('systemd-detect-virt 2>/dev/null') or 'virtualization unknown'})",
-        f"- RAM: {mem:.1f} GiB",
+        f"- CPU: {cpu}, {os.cpu_count()} logical cores; VM: "
+        f"{sh('systemd-detect-virt --vm 2>/dev/null') or '?'}, container: "
+        f"{sh('systemd-detect-virt --container 2>/dev/null') or '?'}",
+        f"- RAM: {mem:.1f} GiB; vm.dirty_background_ratio="
+        f"{sh('cat /proc/sys/vm/dirty_background_ratio')}, vm.dirty_ratio="
+        f"{sh('cat /proc/sys/vm/dirty_ratio')}",
         f"- Disk (workdir): {disk}",
         f"- OS: {platform.platform()}",
         f"- Python {platform.python_version()}, pyarrow {pa.__version__}, numpy {np.__version__}, "
@@ -551,7 +556,8 @@ def report(
         "local, atomic publish, manifest committed last; S3 client defaults: 64 MiB multipart "
         "threshold, 32 MiB parts, 8 threads), the table handed over as its ~8k-row record "
         "batches; then `open_dataset(uri).to_table()` with `verify_reads=True` (each shard's "
-        "size and xxh3-128 checked; Parquet page CRCs verified).",
+        "size and xxh3-128 checked before it is decoded; Parquet page CRCs, which would check "
+        "the same bytes again, are checked only when verify_reads is off).",
         "- Local floors: `pq.write_table(piece, path, compression='zstd')` / `pq.read_table(path)`"
         " or Arrow IPC `ipc.new_file(OSFile)` / read the file into memory + `ipc.open_file(buf)."
         "read_all()`, the table split into the same row ranges as our shards, same filesystem. "
@@ -561,8 +567,8 @@ def report(
         "format choices from the cost of our code; it is not the acceptance floor. Scans are "
         "compared with the plain floor (the acceptance floor) and, to tell the reader's cost "
         "from the files', with the +fsync floor's files and with *plain read of files "
-        "DatasetWriter wrote* (our files, written by an untimed-for-this-row DatasetWriter run, "
-        "read by `pq.read_table` / IPC read with no checksum): on this VM, files fsynced as "
+        "DatasetWriter wrote* (files from a separate DatasetWriter write whose time is not "
+        "reported, read by `pq.read_table` / IPC read, no checksum): on this VM, files fsynced as "
         "they were written read back cold slower and more erratically than files flushed later "
         "by a global sync, whoever reads them.",
         "- S3 floors: (a) raw boto3 `put_object` / `get_object(...)['Body'].read()`, one request "

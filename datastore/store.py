@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, Protocol, TypeAlias
 
 import pyarrow as pa
 
@@ -20,7 +20,7 @@ from datastore.config import StorageConfig
 from datastore.errors import NotFound
 from datastore.uri import Location, parse_uri
 
-__all__ = ["ObjectInfo", "ObjectStore", "PutMode", "open_store"]
+__all__ = ["ObjectInfo", "ObjectStore", "ObjectWriter", "PutMode", "open_store"]
 
 PutMode = Literal["overwrite", "create"]
 Data: TypeAlias = bytes | bytearray | memoryview | pa.Buffer
@@ -33,6 +33,43 @@ class ObjectInfo:
     key: str
     size: int
     etag: str | None = None
+
+
+class ObjectWriter(Protocol):
+    """A streaming writer for one object: nothing is visible under its key until ``commit``
+    publishes the whole object atomically; ``abort`` leaves the key as it was."""
+
+    def write(self, data: Data) -> None:
+        """Append ``data`` to the object."""
+
+    def commit(self) -> ObjectInfo:
+        """Publish the object (replacing any old one); returns its info."""
+
+    def abort(self) -> None:
+        """Discard what was written. Safe to call twice."""
+
+
+class _BufferedWriter:
+    """The default :class:`ObjectWriter`: collects the bytes in memory and ``put``s them."""
+
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        self.store = store
+        self.key = key
+        self._parts: list[bytes] | None = []
+
+    def write(self, data: Data) -> None:
+        if self._parts is None:
+            raise ValueError(f"writer for {self.store.uri_of(self.key)} is closed")
+        self._parts.append(bytes(memoryview(data)))
+
+    def commit(self) -> ObjectInfo:
+        if self._parts is None:
+            raise ValueError(f"writer for {self.store.uri_of(self.key)} is closed")
+        body, self._parts = b"".join(self._parts), None
+        return self.store.put(self.key, body)
+
+    def abort(self) -> None:
+        self._parts = None
 
 
 class ObjectStore(abc.ABC):
@@ -94,6 +131,15 @@ class ObjectStore(abc.ABC):
         except NotFound:
             return False
         return True
+
+    def open_writer(self, key: str, content_type: str | None = None) -> ObjectWriter:
+        """A streaming writer for ``key`` (overwrite). ``content_type`` is stored where the
+        backend keeps one.
+
+        Note for implementers: the default buffers the whole object in memory and ``put``s it
+        on commit; override it to stream (the local and S3 stores do).
+        """
+        return _BufferedWriter(self, key)
 
     def make_durable(self, key: str) -> None:
         """Ensure ``key``, written by a third party (e.g. zarr), survives a crash. Stores whose

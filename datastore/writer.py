@@ -6,7 +6,7 @@ import concurrent.futures as cf
 import uuid
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,11 +23,10 @@ from datastore.manifest import (
     ParentRef,
     ShardInfo,
     TableFormat,
-    checksum,
     column_stats,
     merge_stats,
 )
-from datastore.store import Data, ObjectInfo, ObjectStore, open_store
+from datastore.store import Data, ObjectStore, ObjectWriter, open_store
 
 __all__ = ["DEFAULT_SHARD_SIZE", "DatasetWriter"]
 
@@ -40,15 +39,6 @@ _CONTENT_TYPE = {
 }
 
 
-class _ObjectWriter(Protocol):
-    """A store's streaming writer for one object (``open_writer(key)`` of the local and S3
-    stores): nothing is visible under the key until ``commit`` publishes it atomically."""
-
-    def write(self, data: Data) -> None: ...
-    def commit(self) -> ObjectInfo: ...
-    def abort(self) -> None: ...
-
-
 class _HashingSink:
     """The file object the Parquet / Arrow IPC writer encodes into: every byte is hashed
     (xxh3-128, the manifest's checksum) on its way to the store's streaming writer, so a shard
@@ -56,7 +46,7 @@ class _HashingSink:
 
     closed = False
 
-    def __init__(self, target: _ObjectWriter) -> None:
+    def __init__(self, target: ObjectWriter) -> None:
         self.target = target
         self._hash = xxhash.xxh3_128()
         self.size = 0
@@ -146,7 +136,7 @@ class DatasetWriter:
         self._shards: list[ShardInfo] = []
         self._pending: list[pa.RecordBatch] = []
         self._pending_bytes = 0
-        self._sink: pa.BufferOutputStream | _HashingSink | None = None
+        self._sink: _HashingSink | None = None
         self._path = ""
         self._next_index = 0
         self._writer: Any = None
@@ -228,13 +218,8 @@ class DatasetWriter:
         assert self.schema is not None
         self._path = f"{self.prefix}/part-{self._next_index:05d}.{_EXT[self.format]}"
         self._next_index += 1
-        open_writer = getattr(self.store, "open_writer", None)
-        # Stream into the store when it can (local, S3); else build the shard in memory.
-        self._sink = (
-            _HashingSink(open_writer(self._path, content_type=_CONTENT_TYPE[self.format]))
-            if open_writer
-            else pa.BufferOutputStream()
-        )
+        target = self.store.open_writer(self._path, content_type=_CONTENT_TYPE[self.format])
+        self._sink = _HashingSink(target)
         if self.format == "parquet":
             self._writer = pq.ParquetWriter(
                 self._sink,
@@ -253,11 +238,8 @@ class DatasetWriter:
         sink, path, rows, stats = self._sink, self._path, self._rows, self._stats
         self._writer, self._sink, self._rows, self._stats = None, None, 0, {}
         self._wait_inflight()
-        if isinstance(sink, _HashingSink):
-            self._inflight = self._uploads.submit(self._finish, path, sink, rows, stats)
-        else:
-            assert sink is not None
-            self._inflight = self._uploads.submit(self._upload, path, sink.getvalue(), rows, stats)
+        assert sink is not None
+        self._inflight = self._uploads.submit(self._finish, path, sink, rows, stats)
 
     def _finish(
         self, path: str, sink: _HashingSink, rows: int, stats: dict[str, dict[str, Any]]
@@ -270,13 +252,6 @@ class DatasetWriter:
         return ShardInfo(
             path=path, bytes=sink.size, checksum=sink.checksum(), rows=rows, stats=stats
         )
-
-    def _upload(
-        self, path: str, buf: pa.Buffer, rows: int, stats: dict[str, dict[str, Any]]
-    ) -> ShardInfo:
-        digest = checksum(buf)
-        self.store.put(path, buf)
-        return ShardInfo(path=path, bytes=buf.size, checksum=digest, rows=rows, stats=stats)
 
     def _wait_inflight(self) -> None:
         if self._inflight is not None:
@@ -325,7 +300,7 @@ class DatasetWriter:
         if self._closed:
             return
         self._closed = True
-        if isinstance(self._sink, _HashingSink):
+        if self._sink is not None:
             try:
                 self._sink.discard()
             except Exception:

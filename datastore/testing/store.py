@@ -139,3 +139,25 @@ class StoreConformance:
         store.put("empty", b"")
         assert store.get("empty") == b""
         assert store.head("empty").size == 0
+
+    def test_open_writer_streams_and_publishes_on_commit(
+        self, store: ObjectStore, backdoor: Backdoor
+    ) -> None:
+        data = bytes(range(256)) * 4096 * 12  # 12 MiB in uneven pieces: multipart on S3
+        writer = store.open_writer("stream/obj", content_type="application/octet-stream")
+        for start in range(0, len(data), 700_001):
+            writer.write(data[start : start + 700_001])
+        assert not store.exists("stream/obj"), "nothing is visible before commit"
+        assert list(store.list()) == []
+        info = writer.commit()
+        assert info.size == len(data)
+        assert backdoor.get("stream/obj") == data
+
+    def test_open_writer_abort_leaves_nothing(self, store: ObjectStore, backdoor: Backdoor) -> None:
+        store.put("stream/obj", b"old")
+        writer = store.open_writer("stream/obj")
+        writer.write(b"x" * (11 * 1024 * 1024))  # past the multipart threshold on S3
+        writer.abort()
+        writer.abort()
+        assert backdoor.keys() == ["stream/obj"]
+        assert backdoor.get("stream/obj") == b"old", "an aborted writer keeps the old object"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ from datastore import (
     open_dataset,
     open_store,
 )
+from datastore._s3 import S3Store
 
 
 def corpus(n: int, start: int = 0) -> pa.Table:
@@ -125,6 +127,15 @@ def test_exception_commits_nothing(root_uri: str, storage: StorageConfig | None)
         raise RuntimeError("job died")
     assert dataset_versions(root_uri, storage) == []
     assert list(open_store(root_uri, storage).list()) == [], "aborted shards are removed"
+    if storage is None:  # no hidden temporaries of the shard that was being streamed
+        assert [f for _, _, files in os.walk(root_uri) for f in files] == []
+    else:
+        store = open_store(root_uri, storage)
+        assert isinstance(store, S3Store)
+        uploads = store.client.list_multipart_uploads(Bucket=store.bucket)
+        assert [
+            u for u in uploads.get("Uploads", []) if u["Key"].startswith(store.location.path)
+        ] == []
 
 
 def test_explicit_version_conflict(root_uri: str, storage: StorageConfig | None) -> None:

@@ -91,3 +91,18 @@ class TestS3Store(StoreConformance):
     @pytest.fixture
     def backdoor(self, s3_uri: str, s3_config: StorageConfig) -> Backdoor:
         return S3Backdoor(s3_config, s3_uri.split("/", 3)[3])
+
+
+def test_s3_aborted_stream_leaves_no_multipart_upload(
+    s3_uri: str, s3_config: StorageConfig
+) -> None:
+    config = s3_config.replace(multipart_threshold=6 * MiB, multipart_chunksize=5 * MiB)
+    store = open_store(s3_uri, config)
+    assert isinstance(store, S3Store)
+    writer = store.open_writer("big")
+    writer.write(b"y" * (16 * MiB))
+    writer.abort()
+    prefix = store.location.join("big").path
+    uploads = store.client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix)
+    assert uploads.get("Uploads", []) == []
+    assert not store.exists("big")
