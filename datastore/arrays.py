@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from datastore import __version__
-from datastore.atomic import commit_manifest
+from datastore.atomic import CommitOnExit, commit_manifest
 from datastore.config import StorageConfig
 from datastore.errors import InvalidInput, ShardyardError
 from datastore.manifest import ArrayInfo, CreationInfo, Manifest, ObjectEntry, ParentRef, checksum
@@ -85,7 +84,7 @@ class _Appender:
         self.array[start : start + block.shape[0]] = block
 
 
-class ArrayDatasetWriter:
+class ArrayDatasetWriter(CommitOnExit):
     """Write an array dataset version: create arrays, append rows, commit on clean exit.
 
     ``create_array(name, dtype=..., row_shape=(2048,), chunk_rows=..., shard_rows=...)`` declares
@@ -112,20 +111,6 @@ class ArrayDatasetWriter:
         self.manifest: Manifest | None = None
         self._arrays: dict[str, _Appender] = {}
         self._closed = False
-
-    def __enter__(self) -> ArrayDatasetWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
     def create_array(
         self,
@@ -205,7 +190,12 @@ class ArrayDatasetWriter:
                 metadata=self.metadata,
             )
 
-        self.manifest = commit_manifest(self.store, build, self.version)
+        try:
+            self.manifest = commit_manifest(self.store, build, self.version)
+        except BaseException:
+            self._closed = False
+            self.abort()  # lost the race or could not encode: the arrays are garbage
+            raise
         return self.manifest
 
     def _finish(self, name: str, app: _Appender) -> ArrayInfo:

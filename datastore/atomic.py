@@ -11,18 +11,53 @@ narrows the race window, and ``docs/format.md`` says so: use one writer per data
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Callable
+from types import TracebackType
+from typing import Self
 
 from datastore.errors import AlreadyExists, NotFound, PreconditionFailed, Unsupported
 from datastore.manifest import MANIFEST_DIR, Manifest, manifest_key, parse_manifest_key
 from datastore.store import ObjectStore
 
-__all__ = ["VersionConflict", "commit_manifest", "latest_version", "list_versions"]
+__all__ = [
+    "CommitOnExit",
+    "VersionConflict",
+    "commit_manifest",
+    "latest_version",
+    "list_versions",
+]
 
 log = logging.getLogger("shardyard.commit")
 
 _AUTO_RETRIES = 16
+
+
+class CommitOnExit(abc.ABC):
+    """Base of the dataset writers: ``with`` commits on a clean exit, aborts after an error."""
+
+    @abc.abstractmethod
+    def commit(self) -> Manifest:
+        """Publish what was written as a new version."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Discard what was written; nothing becomes visible."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
 
 
 class VersionConflict(PreconditionFailed):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import uuid
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 from typing import Any
 
 import pyarrow as pa
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from datastore import __version__
-from datastore.atomic import commit_manifest
+from datastore.atomic import CommitOnExit, commit_manifest
 from datastore.config import StorageConfig
 from datastore.errors import InvalidInput, ShardyardError, Unsupported
 from datastore.manifest import (
@@ -81,7 +80,7 @@ class _HashingSink:
         self.target.abort()
 
 
-class DatasetWriter:
+class DatasetWriter(CommitOnExit):
     """Write a table dataset version: ``with DatasetWriter(uri, ...) as w: w.write(batch)``.
 
     Shards roll over once their encoded size reaches ``shard_size`` bytes; rows are buffered
@@ -145,21 +144,6 @@ class DatasetWriter:
         self._uploads = cf.ThreadPoolExecutor(1, thread_name_prefix="shardyard-upload")
         self._inflight: cf.Future[ShardInfo] | None = None
         self._closed = False
-
-    # -- context manager -------------------------------------------------------------------
-    def __enter__(self) -> DatasetWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
     # -- writing ---------------------------------------------------------------------------
     def write(self, data: pa.RecordBatch | pa.Table | Iterable[pa.RecordBatch]) -> None:
