@@ -42,9 +42,9 @@ def test_join_and_uri() -> None:
         loc.join("../other")
 
 
-def test_resolve_filesystem(s3_config: StorageConfig) -> None:
-    fs, path = resolve_filesystem("/tmp/x")
-    assert isinstance(fs, pafs.LocalFileSystem) and path == "/tmp/x"
+def test_resolve_filesystem(s3_config: StorageConfig, tmp_path: Path) -> None:
+    fs, path = resolve_filesystem(str(tmp_path / "x"))
+    assert isinstance(fs, pafs.LocalFileSystem) and path == str(tmp_path / "x")
     fs, path = resolve_filesystem("s3://shardyard-tests/some/prefix", s3_config)
     assert isinstance(fs, pafs.S3FileSystem) and path == "shardyard-tests/some/prefix"
     # The pyarrow client really reaches the server with the same credentials as boto3.
