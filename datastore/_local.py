@@ -68,13 +68,6 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             raise NotFound(f"{self.uri_of(key)} does not exist") from None
 
-    def memory_map(self, key: str) -> pa.Buffer:
-        """The object memory-mapped (zero-copy; pages load on first touch)."""
-        try:
-            return pa.memory_map(str(self._path(key)), "r").read_buffer()
-        except FileNotFoundError:
-            raise NotFound(f"{self.uri_of(key)} does not exist") from None
-
     def make_durable(self, key: str) -> None:
         path = self._path(key)
         fd = os.open(path, os.O_RDONLY)

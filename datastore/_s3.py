@@ -12,8 +12,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -29,21 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["S3ObjectWriter", "S3Store"]
 
 log = logging.getLogger("shardyard.retry")
-T = TypeVar("T")
-
-
-class _Tries:
-    """Counts the attempts of one request that :func:`datastore.s3.s3_call` retries."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def counted(self, fn: Callable[[], T]) -> Callable[[], T]:
-        def run() -> T:
-            self.count += 1
-            return fn()
-
-        return run
 
 
 class S3Store(ObjectStore):
@@ -139,32 +124,21 @@ class S3Store(ObjectStore):
     def put(
         self, key: str, data: Data, *, mode: PutMode = "overwrite", if_match: str | None = None
     ) -> ObjectInfo:
-        k = self._key(key)
-        cond: dict[str, Any] = {}
+        condition: dict[str, str] = {}
         if mode == "create":
-            cond["IfNoneMatch"] = "*"
+            condition["IfNoneMatch"] = "*"
         elif if_match is not None:
-            cond["IfMatch"] = if_match
+            condition["IfMatch"] = if_match
         view = memoryview(data)
-        tries = _Tries()
+        writer = S3ObjectWriter(self, key, condition=condition)
         try:
-            if view.nbytes >= self.config.multipart_threshold:
-                etag = self._put_multipart(k, key, view, cond, tries)
-            else:
-                body = bytes(view)
-
-                def send() -> str:
-                    resp = self.client.put_object(
-                        Bucket=self.bucket, Key=k, Body=body, **cond, **self._extra()
-                    )
-                    return str(resp["ETag"])
-
-                etag = self._call(tries.counted(send), key)
+            writer.write(view)
+            return writer.commit()
         except PreconditionFailed:
             # A retried conditional write can lose to itself: the first attempt was applied but
             # its answer was lost, so the retry sees the object and fails the condition. If the
             # object now holds exactly our bytes, that earlier attempt was ours.
-            if tries.count > 1:
+            if writer.final_attempts > 1:
                 mine = self._holds(key, view)
                 if mine is not None:
                     log.info(
@@ -175,7 +149,6 @@ class S3Store(ObjectStore):
             if mode == "create":
                 raise AlreadyExists(f"{self.uri_of(key)} already exists") from None
             raise
-        return ObjectInfo(key, view.nbytes, etag)
 
     def _holds(self, key: str, view: memoryview) -> ObjectInfo | None:
         """The object's info if ``key`` holds exactly the bytes of ``view``, else None."""
@@ -187,62 +160,6 @@ class S3Store(ObjectStore):
         except NotFound:
             return None
         return info if stored.equals(pa.py_buffer(view)) else None
-
-    def _put_multipart(
-        self, k: str, key: str, view: memoryview, cond: dict[str, Any], tries: _Tries
-    ) -> str:
-        part = self.config.multipart_chunksize
-        upload_id: str = self._call(
-            lambda: self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=k, ChecksumAlgorithm="CRC32", **self._extra()
-            )["UploadId"],
-            key,
-        )
-
-        def send(index: int) -> dict[str, Any]:
-            start = index * part
-            body = bytes(view[start : start + part])
-            resp = self._call(
-                lambda: self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=k,
-                    UploadId=upload_id,
-                    PartNumber=index + 1,
-                    Body=body,
-                    ChecksumAlgorithm="CRC32",
-                ),
-                key,
-            )
-            return {
-                "PartNumber": index + 1,
-                "ETag": resp["ETag"],
-                "ChecksumCRC32": resp.get("ChecksumCRC32", ""),
-            }
-
-        try:
-            count = (view.nbytes + part - 1) // part
-            with cf.ThreadPoolExecutor(self.config.max_concurrency) as pool:
-                parts = list(pool.map(send, range(count)))
-            parts = [{k2: v for k2, v in p.items() if v} for p in parts]
-            resp = self._call(
-                tries.counted(
-                    lambda: self.client.complete_multipart_upload(
-                        Bucket=self.bucket,
-                        Key=k,
-                        UploadId=upload_id,
-                        MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
-                        **cond,
-                    )
-                ),
-                key,
-            )
-        except BaseException:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=k, UploadId=upload_id)
-            except Exception:
-                pass
-            raise
-        return str(resp["ETag"])
 
     def head(self, key: str) -> ObjectInfo:
         k = self._key(key)
@@ -292,14 +209,25 @@ class S3Store(ObjectStore):
 class S3ObjectWriter:
     """Streams one object to S3 as a multipart upload; nothing is visible until :meth:`commit`.
 
+    ``condition`` (``IfNoneMatch`` / ``IfMatch``) is sent with the request that publishes the
+    object (the single PUT or the multipart completion); ``final_attempts`` counts its tries.
+
     Bytes are buffered until the multipart threshold, then sent in ``multipart_chunksize`` parts
     (with CRC32 part checksums) by up to ``max_concurrency`` threads; writing blocks while that
     many parts are in flight, so memory stays bounded. A failed or aborted upload is aborted on
     the server, so no partial object is ever visible.
     """
 
-    def __init__(self, store: S3Store, key: str, content_type: str | None = None) -> None:
+    def __init__(
+        self,
+        store: S3Store,
+        key: str,
+        content_type: str | None = None,
+        condition: dict[str, str] | None = None,
+    ) -> None:
         self.store = store
+        self.condition: dict[str, Any] = dict(condition or {})
+        self.final_attempts = 0
         self.key = key
         self._k = store._key(key)
         self._headers: dict[str, Any] = store._extra()
@@ -413,8 +341,13 @@ class S3ObjectWriter:
                 self._closed = True
 
                 def put() -> str:
+                    self.final_attempts += 1
                     resp = store.client.put_object(
-                        Bucket=store.bucket, Key=self._k, Body=body, **self._headers
+                        Bucket=store.bucket,
+                        Key=self._k,
+                        Body=body,
+                        **self._headers,
+                        **self.condition,
                     )
                     return str(resp["ETag"])
 
@@ -423,15 +356,18 @@ class S3ObjectWriter:
                 self._send(self._take(self._pending_bytes))
             parts = [f.result() for f in self._parts]
             upload_id = self._upload_id
-            resp = store._call(
-                lambda: store.client.complete_multipart_upload(
+
+            def complete() -> dict[str, Any]:
+                self.final_attempts += 1
+                return store.client.complete_multipart_upload(  # type: ignore[return-value]
                     Bucket=store.bucket,
                     Key=self._k,
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
-                ),
-                self.key,
-            )
+                    **self.condition,
+                )
+
+            resp = store._call(complete, self.key)
         except BaseException:
             self.abort()
             raise

@@ -193,8 +193,7 @@ class ArrayDatasetWriter(CommitOnExit):
         try:
             self.manifest = commit_manifest(self.store, build, self.version)
         except BaseException:
-            self._closed = False
-            self.abort()  # lost the race or could not encode: the arrays are garbage
+            self._delete_objects()  # lost the race or could not encode: they are garbage
             raise
         return self.manifest
 
@@ -222,6 +221,9 @@ class ArrayDatasetWriter(CommitOnExit):
         if self._closed:
             return
         self._closed = True
+        self._delete_objects()
+
+    def _delete_objects(self) -> None:
         for obj in list(self.store.list(self.prefix + "/")):
             try:
                 self.store.delete(obj.key)

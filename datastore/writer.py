@@ -94,7 +94,7 @@ class DatasetWriter(CommitOnExit):
     removed best-effort.
 
     ``format="parquet"`` (zstd, page checksums) is compact; ``format="arrow"`` writes
-    uncompressed Arrow IPC files that readers memory-map for fast random access. ``version``
+    uncompressed Arrow IPC files that other readers can memory-map for zero-copy access. ``version``
     pins the version number to commit (a lost race raises
     :class:`~datastore.atomic.VersionConflict`); by default the next free number is taken.
     """
