@@ -43,7 +43,9 @@ test: lint
 	$(BIN)/pytest -n 2 --dist loadgroup
 
 bench: $(VENV)/.all
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench_datastore.py
+	$(PY) benchmarks/bench_ingest.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -31,7 +31,7 @@ from datastore.errors import (
 from datastore.manifest import FORMAT_VERSION, Manifest, ParentRef, ShardInfo
 from datastore.store import ObjectInfo, ObjectStore, open_store
 from datastore.uri import Location, parse_uri, resolve_filesystem
-from datastore.writer import DatasetWriter
+from datastore.writer import DatasetWriter, ShardEncoder, commit_table, write_shard
 
 __all__ = [
     "FORMAT_VERSION",
@@ -50,6 +50,7 @@ __all__ = [
     "ParentRef",
     "PermissionDenied",
     "PreconditionFailed",
+    "ShardEncoder",
     "ShardInfo",
     "ShardyardError",
     "StorageConfig",
@@ -60,9 +61,11 @@ __all__ = [
     "VerifyResult",
     "VersionConflict",
     "__version__",
+    "commit_table",
     "dataset_versions",
     "open_dataset",
     "open_store",
     "parse_uri",
     "resolve_filesystem",
+    "write_shard",
 ]

@@ -27,7 +27,13 @@ from datastore.manifest import (
 )
 from datastore.store import Data, ObjectStore, ObjectWriter, open_store
 
-__all__ = ["DEFAULT_SHARD_SIZE", "DatasetWriter"]
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "DatasetWriter",
+    "ShardEncoder",
+    "commit_table",
+    "write_shard",
+]
 
 DEFAULT_SHARD_SIZE = 256 * 1024 * 1024
 DEFAULT_ROW_GROUP_BYTES = 16 * 1024 * 1024
@@ -78,6 +84,141 @@ class _HashingSink:
     def discard(self) -> None:
         self.discarded = True
         self.target.abort()
+
+
+class ShardEncoder:
+    """Encode one table shard at a caller-chosen ``path``, streamed to the store and hashed.
+
+    ``write`` appends a table as one row group (Parquet) or record batch (Arrow IPC);
+    :meth:`finish` publishes the object and returns its :class:`ShardInfo`; :meth:`discard`
+    abandons it. The bytes depend only on the tables written and the format options, so
+    distributed writers that encode the same rows produce identical shards.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        path: str,
+        schema: pa.Schema,
+        format: TableFormat = "parquet",
+        compression: str | None = "zstd",
+    ) -> None:
+        if format not in _EXT:
+            raise Unsupported(f"table format {format!r} is not one of parquet, arrow")
+        self.path = path
+        self.format = format
+        self.rows = 0
+        self.stats: dict[str, dict[str, Any]] = {}
+        target = store.open_writer(path, content_type=_CONTENT_TYPE[format])
+        self._sink = _HashingSink(target)
+        self._writer: Any
+        if format == "parquet":
+            self._writer = pq.ParquetWriter(
+                self._sink,
+                schema,
+                compression=compression or "none",
+                write_page_checksum=True,
+                write_statistics=True,
+            )
+        else:
+            self._writer = pa.ipc.new_file(self._sink, schema)
+
+    @property
+    def size(self) -> int:
+        """Bytes encoded so far."""
+        return self._sink.size
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` as one row group / record batch (empty tables are skipped)."""
+        if table.num_rows == 0:
+            return
+        if self.format == "parquet":
+            self._writer.write_table(table, row_group_size=table.num_rows)
+        else:
+            self._writer.write_table(table, max_chunksize=table.num_rows)
+        self.rows += table.num_rows
+        self.stats = merge_stats(self.stats, column_stats(table))
+
+    def finish(self) -> ShardInfo:
+        """Close the encoder and publish the object (fsync + rename, or multipart completion)."""
+        try:
+            self._writer.close()
+            self._sink.target.commit()
+        except BaseException:
+            self._sink.target.abort()
+            raise
+        return ShardInfo(
+            path=self.path,
+            bytes=self._sink.size,
+            checksum=self._sink.checksum(),
+            rows=self.rows,
+            stats=self.stats,
+        )
+
+    def discard(self) -> None:
+        """Abandon the shard; nothing is published. Never raises."""
+        try:
+            self._sink.discard()
+        except Exception:
+            pass
+
+
+def write_shard(
+    store: ObjectStore,
+    path: str,
+    table: pa.Table,
+    *,
+    format: TableFormat = "parquet",
+    compression: str | None = "zstd",
+    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+) -> ShardInfo:
+    """Write ``table`` as one shard object at ``path`` (relative to the dataset prefix).
+
+    For writers that produce shards in parallel (Dask tasks) and commit them together with
+    :func:`commit_table`. Overwrites an object left at ``path`` by an earlier, unfinished run;
+    the result is a deterministic function of ``table`` and the options.
+    """
+    step = max(1, (row_group_bytes * table.num_rows) // max(1, table.nbytes))
+    encoder = ShardEncoder(store, path, table.schema, format, compression)
+    try:
+        for start in range(0, table.num_rows, step):
+            encoder.write(table.slice(start, step))
+    except BaseException:
+        encoder.discard()
+        raise
+    return encoder.finish()
+
+
+def commit_table(
+    store: ObjectStore,
+    shards: Sequence[ShardInfo],
+    schema: pa.Schema,
+    *,
+    format: TableFormat = "parquet",
+    version: int | None = None,
+    parents: Sequence[ParentRef] = (),
+    metadata: dict[str, Any] | None = None,
+) -> Manifest:
+    """Commit a table version made of already published ``shards`` (in order).
+
+    ``version`` None takes the next free number; an explicit one that is taken raises
+    :class:`~datastore.atomic.VersionConflict`.
+    """
+    shard_list = list(shards)
+
+    def build(v: int) -> Manifest:
+        return Manifest(
+            version=v,
+            kind="table",
+            schema=schema,
+            table_format=format,
+            shards=shard_list,
+            created=CreationInfo.now(f"shardyard {__version__}"),
+            parents=list(parents),
+            metadata=dict(metadata or {}),
+        )
+
+    return commit_manifest(store, build, version)
 
 
 class DatasetWriter(CommitOnExit):
@@ -135,12 +276,8 @@ class DatasetWriter(CommitOnExit):
         self._shards: list[ShardInfo] = []
         self._pending: list[pa.RecordBatch] = []
         self._pending_bytes = 0
-        self._sink: _HashingSink | None = None
-        self._path = ""
+        self._encoder: ShardEncoder | None = None
         self._next_index = 0
-        self._writer: Any = None
-        self._rows = 0
-        self._stats: dict[str, dict[str, Any]] = {}
         self._uploads = cf.ThreadPoolExecutor(1, thread_name_prefix="shardyard-upload")
         self._inflight: cf.Future[ShardInfo] | None = None
         self._closed = False
@@ -186,56 +323,25 @@ class DatasetWriter(CommitOnExit):
             return
         table = pa.Table.from_batches(self._pending, schema=self.schema)
         self._pending, self._pending_bytes = [], 0
-        if self._writer is None:
+        if self._encoder is None:
             self._open_shard()
-        if self.format == "parquet":
-            self._writer.write_table(table, row_group_size=table.num_rows)
-        else:
-            self._writer.write_table(table, max_chunksize=max(1, table.num_rows))
-        self._rows += table.num_rows
-        self._stats = merge_stats(self._stats, column_stats(table))
-        assert self._sink is not None
-        if self._sink.tell() >= self.shard_size:
+        assert self._encoder is not None
+        self._encoder.write(table)
+        if self._encoder.size >= self.shard_size:
             self._close_shard()
 
     def _open_shard(self) -> None:
         assert self.schema is not None
-        self._path = f"{self.prefix}/part-{self._next_index:05d}.{_EXT[self.format]}"
+        path = f"{self.prefix}/part-{self._next_index:05d}.{_EXT[self.format]}"
         self._next_index += 1
-        target = self.store.open_writer(self._path, content_type=_CONTENT_TYPE[self.format])
-        self._sink = _HashingSink(target)
-        if self.format == "parquet":
-            self._writer = pq.ParquetWriter(
-                self._sink,
-                self.schema,
-                compression=self.compression or "none",
-                write_page_checksum=True,
-                write_statistics=True,
-            )
-        else:
-            self._writer = pa.ipc.new_file(self._sink, self.schema)
+        self._encoder = ShardEncoder(self.store, path, self.schema, self.format, self.compression)
 
     def _close_shard(self) -> None:
-        if self._writer is None:
+        if self._encoder is None:
             return
-        self._writer.close()
-        sink, path, rows, stats = self._sink, self._path, self._rows, self._stats
-        self._writer, self._sink, self._rows, self._stats = None, None, 0, {}
+        encoder, self._encoder = self._encoder, None
         self._wait_inflight()
-        assert sink is not None
-        self._inflight = self._uploads.submit(self._finish, path, sink, rows, stats)
-
-    def _finish(
-        self, path: str, sink: _HashingSink, rows: int, stats: dict[str, dict[str, Any]]
-    ) -> ShardInfo:
-        try:
-            sink.target.commit()
-        except BaseException:
-            sink.target.abort()
-            raise
-        return ShardInfo(
-            path=path, bytes=sink.size, checksum=sink.checksum(), rows=rows, stats=stats
-        )
+        self._inflight = self._uploads.submit(encoder.finish)
 
     def _wait_inflight(self) -> None:
         if self._inflight is not None:
@@ -258,22 +364,16 @@ class DatasetWriter(CommitOnExit):
             raise InvalidInput(f"nothing was written to {self.uri} and no schema was given")
         self._closed = True
         self._uploads.shutdown()
-        schema, shards = self.schema, list(self._shards)
-
-        def build(v: int) -> Manifest:
-            return Manifest(
-                version=v,
-                kind="table",
-                schema=schema,
-                table_format=self.format,
-                shards=shards,
-                created=CreationInfo.now(f"shardyard {__version__}"),
+        try:
+            self.manifest = commit_table(
+                self.store,
+                self._shards,
+                self.schema,
+                format=self.format,
+                version=self.version,
                 parents=self.parents,
                 metadata=self.metadata,
             )
-
-        try:
-            self.manifest = commit_manifest(self.store, build, self.version)
         except BaseException:
             self._delete_shards()  # lost the race or could not encode: they are garbage
             raise
@@ -284,12 +384,9 @@ class DatasetWriter(CommitOnExit):
         if self._closed:
             return
         self._closed = True
-        if self._sink is not None:
-            try:
-                self._sink.discard()
-            except Exception:
-                pass
-        self._writer = self._sink = None
+        if self._encoder is not None:
+            self._encoder.discard()
+        self._encoder = None
         try:
             self._wait_inflight()
         except BaseException:

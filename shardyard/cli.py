@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 import datastore.cli
+import pipelines.cli
 from datastore import ShardyardError, StorageConfig, __version__
 
 __all__ = ["app", "main"]
@@ -19,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(datastore.cli.app, name="dataset")
+app.add_typer(pipelines.cli.app, name="ingest")
 
 
 def _show_version(value: bool) -> None:
@@ -58,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; any Shardyard error is one line on stderr and exit code 1."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="shardyard", standalone_mode=False)
+        result = command.main(args=argv, prog_name="shardyard", standalone_mode=False)
+        if isinstance(result, int) and result:  # typer.Exit(code) inside a command
+            sys.exit(result)
     except ShardyardError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(1)

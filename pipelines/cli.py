@@ -1,0 +1,199 @@
+"""``shardyard ingest``: raw corpora -> a clean, deduplicated dataset version; and
+``shardyard ingest explain``: why a document is (not) in it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from datastore.cli import storage_config
+from datastore.errors import InvalidInput
+
+__all__ = ["app"]
+
+
+class _DefaultRun(TyperGroup):
+    """``shardyard ingest INPUTS...`` means ``shardyard ingest run INPUTS...``; only
+    ``explain`` is a sub-command of its own."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            args = ["run", *args]
+        return list(super().parse_args(ctx, args))
+
+
+app = typer.Typer(
+    cls=_DefaultRun,
+    help="Ingest raw corpora (JSONL, Parquet, CSV, text; local or s3://) into a dataset.",
+)
+
+_SETS_HELP = (
+    "Override any config key, e.g. --set filters.min_words=20 --set dedup.fuzzy.bands=16 "
+    "(repeatable; applied after --config and the flags)."
+)
+
+
+@app.command(
+    "run",
+    epilog="See also: shardyard ingest explain OUTPUT DOC_ID (why a document is not in it).",
+)
+def run(
+    ctx: typer.Context,
+    inputs: list[str] = typer.Argument(
+        ..., help="Input files, directories, globs or s3:// prefixes.", show_default=False
+    ),
+    output: str = typer.Option(
+        ..., "--output", "-o", help="Output dataset URI (path or s3://); a new version is added."
+    ),
+    config_file: str | None = typer.Option(
+        None, "--config", "-c", help="Pipeline config file (TOML or YAML)."
+    ),
+    input_format: str | None = typer.Option(
+        None, "--format", help="Input format: jsonl, parquet, csv or text (default: by extension)."
+    ),
+    text_field: str | None = typer.Option(None, "--text-field", help="Field holding the text."),
+    id_field: str | None = typer.Option(None, "--id-field", help="Field holding the document id."),
+    no_normalize: bool = typer.Option(False, "--no-normalize", help="Skip text normalization."),
+    no_filters: bool = typer.Option(False, "--no-filters", help="Skip the quality filters."),
+    pii: bool = typer.Option(False, "--pii", help="Redact e-mails, IP addresses, phone numbers."),
+    no_exact: bool = typer.Option(False, "--no-exact-dedup", help="Skip exact dedup."),
+    no_fuzzy: bool = typer.Option(False, "--no-fuzzy-dedup", help="Skip MinHash fuzzy dedup."),
+    verify_jaccard: bool = typer.Option(
+        False, "--verify-jaccard", help="Check candidate pairs' true Jaccard (fewer false hits)."
+    ),
+    output_format: str | None = typer.Option(
+        None, "--output-format", help="parquet (default) or arrow."
+    ),
+    max_errors: float | None = typer.Option(
+        None,
+        "--max-errors",
+        help="Fail when more records are quarantined: a count, or a fraction below 1.",
+    ),
+    scheduler: str | None = typer.Option(
+        None,
+        "--scheduler",
+        help="tcp://HOST:PORT of an existing Dask scheduler (else DASK_SCHEDULER_ADDRESS, "
+        "else a LocalCluster).",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", help="LocalCluster worker processes (default: one per core)."
+    ),
+    memory_limit: str | None = typer.Option(
+        None, "--memory-limit", help="Memory per LocalCluster worker, e.g. 4GiB."
+    ),
+    work_dir: str | None = typer.Option(
+        None, "--work-dir", help="Where resumable task outputs go (default: OUTPUT/_work)."
+    ),
+    keep_work: bool = typer.Option(False, "--keep-work", help="Keep the work directory."),
+    sets: list[str] = typer.Option([], "--set", help=_SETS_HELP, show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+) -> None:
+    """Ingest INPUTS into a new version of the dataset at --output.
+
+    Stages: normalize, quality filters, PII redaction (opt-in), user stages, exact and fuzzy
+    dedup, each configurable in --config. Re-running the same command after a crash resumes
+    the job; bad records go to OUTPUT/_quarantine, removed documents and their reasons to
+    OUTPUT/_removed.
+    """
+    from pipelines.config import load_config
+    from pipelines.ingest import ingest
+
+    config = load_config(config_file)
+    overrides: dict[str, Any] = {}
+    flag_values: dict[str, Any] = {
+        "input.format": input_format,
+        "input.text_field": text_field,
+        "input.id_field": id_field,
+        "output.format": output_format,
+        "errors.max_errors": max_errors,
+        "execution.scheduler": scheduler,
+        "execution.workers": workers,
+        "execution.memory_limit": memory_limit,
+        "execution.work_dir": work_dir,
+    }
+    overrides.update({k: v for k, v in flag_values.items() if v is not None})
+    for flag, key in (
+        (no_normalize, "normalize.enabled"),
+        (no_filters, "filters.enabled"),
+        (no_exact, "dedup.exact.enabled"),
+        (no_fuzzy, "dedup.fuzzy.enabled"),
+    ):
+        if flag:
+            overrides[key] = False
+    if pii:
+        overrides["pii.enabled"] = True
+    if verify_jaccard:
+        overrides["dedup.fuzzy.verify_jaccard"] = True
+    if keep_work:
+        overrides["execution.keep_work"] = True
+    if quiet or as_json:
+        overrides["execution.progress"] = False
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidInput(f"--set {item!r} must look like section.key=value")
+        overrides[key.strip()] = _parse_value(value.strip())
+    if overrides:
+        config = config.with_overrides(overrides)
+
+    def echo(msg: str) -> None:
+        if not quiet and not as_json:
+            typer.echo(msg, err=True)
+
+    report = ingest(inputs, output, config, storage=storage_config(ctx), echo=echo)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    elif not quiet:
+        typer.echo(report.summary())
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value: JSON where it parses (numbers, true/false, null, tables), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@app.command("explain")
+def explain_cmd(
+    ctx: typer.Context,
+    output: str = typer.Argument(..., help="The ingested dataset."),
+    doc_id: str = typer.Argument(..., help="The document id to look for."),
+    version: int | None = typer.Option(None, "--version", "-v", help="Dataset version."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Say whether DOC_ID is in the dataset and, if it was removed, why (filter and measured
+    value, or duplicate of which surviving document)."""
+    from pipelines.report import explain
+
+    result = explain(output, doc_id, version, storage=storage_config(ctx))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+        return
+    status = result["status"]
+    if status == "kept":
+        typer.echo(
+            f"{doc_id}: kept in {output} v{result['version']} ({result['shard']} row "
+            f"{result['row']}); source {result['source_uri']} @ {result['source_offset']}"
+        )
+    elif status == "removed":
+        value = f" (measured {result['value']:.4g})" if result.get("value") is not None else ""
+        detail = f"; {result['detail']}" if result.get("detail") else ""
+        typer.echo(
+            f"{doc_id}: removed by {result['reason']}{value}{detail}; source "
+            f"{result['source_uri']} @ {result['source_offset']}"
+        )
+    elif status == "multiple":
+        for m in result["matches"]:
+            typer.echo(f"{doc_id}: {m['status']} {m.get('reason', m.get('shard', ''))}")
+    else:
+        typer.echo(
+            f"{doc_id}: not in {output} v{result['version']} nor among its removed documents "
+            "(was it in the inputs? quarantined records have no id: see OUTPUT/_quarantine)"
+        )
+        raise typer.Exit(1)
