@@ -127,9 +127,10 @@ def ingest(
             progress,
         )
         timings["finalize"] = time.perf_counter() - t
+        lost = progress.workers_lost(client)
 
     t = time.perf_counter()
-    report = _commit(ctx, plan, prepared, finals, removed, clusters, schema, timings, t_start)
+    report = _commit(ctx, plan, prepared, finals, removed, clusters, schema, timings, t_start, lost)
     timings["commit"] = time.perf_counter() - t
     if not config.execution.keep_work:
         work.delete_all()
@@ -460,6 +461,7 @@ def _commit(
     schema: pa.Schema,
     timings: dict[str, float],
     t_start: float,
+    workers_lost: int,
 ) -> IngestReport:
     storage = ctx.storage
     out = open_store(ctx.output_uri, storage)
@@ -489,6 +491,7 @@ def _commit(
         rows_out=sum(s.rows for s in shards),
         bytes_out=sum(s.bytes for s in shards),
     )
+    report.workers_lost = workers_lost
     metadata = {
         "ingest": {
             "job_id": ctx.job_id,

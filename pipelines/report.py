@@ -51,6 +51,7 @@ class IngestReport:
     quarantine_uri: str = ""
     quarantine_version: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    workers_lost: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -70,7 +71,12 @@ class IngestReport:
             f"{self.output_uri} version {self.output_version}",
             f"  {self.seconds:,.1f} s, {self.docs_per_second:,.0f} docs/s, "
             f"{self.mib_per_second:,.1f} MiB/s; {self.partitions} partitions"
-            + (f" ({self.partitions_resumed} resumed)" if self.partitions_resumed else ""),
+            + (f" ({self.partitions_resumed} resumed)" if self.partitions_resumed else "")
+            + (
+                f"; {self.workers_lost} workers lost and their tasks redone"
+                if self.workers_lost
+                else ""
+            ),
         ]
         for name, s in self.stages.items():
             extra = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("counters", {}).items()))

@@ -79,6 +79,18 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = enabled and self.stream.isatty()
         self._last = 0.0
+        self.workers_seen: set[str] = set()
+
+    def watch(self, client: Any) -> None:
+        """Note the cluster's current workers (from the client's cached scheduler info)."""
+        self.workers_seen.update(client.scheduler_info().get("workers", {}))
+
+    def workers_lost(self, client: Any) -> int:
+        """Workers seen during the job that are gone now (killed for memory, crashed, or
+        retired): their tasks were redone elsewhere."""
+        self.watch(client)
+        now = set(client.scheduler_info().get("workers", {}))
+        return len(self.workers_seen - now)
 
     def update(self, stage: str, done: int, total: int, started: float, docs: int = 0) -> None:
         """Redraw the line (at most 10 times a second, and always for the last item)."""
@@ -121,6 +133,7 @@ def run_tasks(
     if not arg_lists:
         return []
     started = time.monotonic()
+    progress.watch(client)
     futures = [
         client.submit(fn, *args, pure=False, retries=2, key=f"{stage}-{i}-{os.urandom(4).hex()}")
         for i, args in enumerate(arg_lists)
@@ -134,6 +147,7 @@ def run_tasks(
             if docs_of is not None:
                 docs += docs_of(value)
             progress.update(stage, done, len(futures), started, docs)
+            progress.watch(client)
     except BaseException:
         client.cancel(futures)
         raise

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datastore import ShardEncoder, StorageConfig, open_dataset, open_store
-from datastore.manifest import ShardInfo, schema_from_json, schema_to_json
+from datastore.manifest import ShardInfo, TableFormat, schema_from_json, schema_to_json
 from datastore.writer import write_shard
 from pipelines import stages as _stages
 from pipelines.config import IngestConfig
@@ -77,9 +77,11 @@ class JobContext:
     buckets: int
 
     @property
-    def ext(self) -> str:
-        """File extension of table shards."""
-        return self.config.output.format
+    def candidate_format(self) -> TableFormat:
+        """Format of the candidate shards ``prepare`` writes: the output format when nothing is
+        removed later, else uncompressed Arrow IPC (cheap to write and to re-read, since
+        ``finalize`` rewrites every partition that dedup touches)."""
+        return "arrow" if self.dedup else self.config.output.format
 
     @property
     def dedup(self) -> bool:
@@ -92,11 +94,11 @@ class JobContext:
 
     def segment_key(self, part: int, seg: int) -> str:
         """Key (in the output dataset) of a candidate shard written by ``prepare``."""
-        return f"data/{self.job_id}/part-{part:05d}-s{seg}.{self.ext}"
+        return f"data/{self.job_id}/part-{part:05d}-s{seg}.{self.candidate_format}"
 
     def final_key(self, part: int) -> str:
         """Key of a partition's rewritten output shard."""
-        return f"data/{self.job_id}/part-{part:05d}.{self.ext}"
+        return f"data/{self.job_id}/part-{part:05d}.{self.config.output.format}"
 
 
 # -- phase 1: prepare ---------------------------------------------------------------------------
@@ -125,8 +127,9 @@ class _Segments:
         if self.encoder is None:
             self.schema = table.schema
             key = self.ctx.segment_key(self.part, len(self.done))
-            out = self.ctx.config.output
-            self.encoder = ShardEncoder(self.store, key, table.schema, out.format, out.compression)
+            fmt = self.ctx.candidate_format
+            compression = self.ctx.config.output.compression if fmt == "parquet" else None
+            self.encoder = ShardEncoder(self.store, key, table.schema, fmt, compression)
         assert self.encoder is not None
         self.encoder.write(table)
 
@@ -435,7 +438,7 @@ def _read_shard(store: Any, info: ShardInfo, ctx: JobContext, columns: list[str]
     import pyarrow.parquet as pq
 
     buf = store.read_buffer(info.path, info.bytes)
-    if ctx.config.output.format == "parquet":
+    if info.path.endswith(".parquet"):
         return pq.read_table(pa.BufferReader(buf), columns=columns)
     table = pa.ipc.open_file(buf).read_all()
     return table.select(columns) if columns else table
@@ -533,7 +536,8 @@ def finalize(
     }
     removed_ords = removed.column("_ord").to_numpy() if removed.num_rows else None
     if segs:
-        if removed_ords is None and len(segs) == 1 and seg_schema == schema:
+        reusable = ctx.candidate_format == ctx.config.output.format
+        if reusable and removed_ords is None and len(segs) == 1 and seg_schema == schema:
             result["main"] = asdict(segs[0])
         else:
             all_ords = work.read_array(f"ords/{part:06d}.npy")

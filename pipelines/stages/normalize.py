@@ -3,16 +3,18 @@
 Normalization runs before the filters and dedup, so both see the same canonical text: two copies
 of a page that differ only in trailing spaces, CRLF line ends or decomposed accents hash alike.
 
-The stage is vectorized over the whole batch. Only the documents that contain something a regex
-has to fix (a control character, a non-ASCII space, a character at or above U+0300 that NFC may
-recompose) go through :mod:`pyarrow.compute`'s RE2 and utf8proc kernels; the whitespace collapse,
-which touches nearly every document, works on the batch's UTF-8 bytes with numpy: it finds the
-runs of two or more whitespace bytes (rare in running text), tabs, and whitespace at the edges of
-documents, and rewrites only those.
+The stage is vectorized: documents are taken in slices of about ``SLICE_BYTES`` of text, and a
+slice's UTF-8 bytes are one numpy array. Only the documents that contain something a regex has to
+fix (a control character, a non-ASCII space, a character that fails the NFC quick check, see
+:func:`char_classes`) go through :mod:`pyarrow.compute`'s RE2 and utf8proc kernels, each step on
+just the documents that need it. The whitespace collapse, which touches nearly every document,
+works on the bytes: it finds the runs of two or more whitespace bytes, tabs, and whitespace at the
+edges of documents, and rewrites only those.
 
-This module also holds the small helpers that expose an Arrow string column as one numpy byte
-array plus offsets (:func:`text_array`, :func:`utf8_buffers`, :func:`utf8_array`), which the
-filters reuse.
+This module also holds the helpers that expose an Arrow string column as one numpy byte array
+plus offsets (:func:`text_array`, :func:`utf8_buffers`, :func:`utf8_array`, :func:`slices`) and
+classify its characters (:func:`special_bytes`, :func:`code_points`, :func:`char_classes`),
+which the filters reuse.
 """
 
 from __future__ import annotations
@@ -30,7 +32,21 @@ from datastore.errors import InvalidInput
 from pipelines.config import NormalizeConfig
 from pipelines.stages.base import Stage, StageOutput, drop_table
 
-__all__ = ["Normalize", "text_array", "utf8_array", "utf8_buffers"]
+__all__ = [
+    "C1_CONTROL",
+    "NFC_UNSTABLE",
+    "SLICE_BYTES",
+    "SPACE",
+    "Normalize",
+    "char_classes",
+    "code_points",
+    "docs_of",
+    "slices",
+    "special_bytes",
+    "text_array",
+    "utf8_array",
+    "utf8_buffers",
+]
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -224,6 +240,7 @@ def char_classes() -> U8:
                 unstable.append(int(parts[1], 16))
     table[unstable] |= NFC_UNSTABLE
     table[0xD800:0xE000] = 0  # surrogates never occur in valid UTF-8
+    table.flags.writeable = False  # shared by every caller
     return table
 
 

@@ -208,6 +208,7 @@ def test_external_cluster_survives_a_killed_worker(
     report = ingest([job["src"]], str(out), config)
     t.join(10)
     assert killed, "the worker was not killed mid-job"
+    assert report.workers_lost >= 1
     assert report.docs_out == job["report"].docs_out
     assert _sums(str(out)) == job["sums"]
     assert _sums(str(out / "_removed")) == job["removed"]

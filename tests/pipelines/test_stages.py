@@ -424,7 +424,7 @@ def test_normalize_large_string_and_chunked() -> None:
     assert out.table.column("text").to_pylist() == ["a b", "c d"]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
         st.one_of(
@@ -517,6 +517,30 @@ def test_pii_counts_replacements_and_custom_tokens() -> None:
     ]
     assert out.counters == {"emails": 2, "ip_addresses": 3, "phone_numbers": 1}
     assert out.table.column("id").to_pylist() == [1, 2]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([text for text, _ in POSITIVES] + NEGATIVES + VOCAB[:50]),
+            st.sampled_from([" ", "", ", ", "\n", ".", "-", ":"]),
+        ),
+        max_size=8,
+    )
+)
+def test_pii_counters_equal_replacements(pieces: list[tuple[str, str]]) -> None:
+    text = "".join(piece + sep for piece, sep in pieces)
+    cfg = PiiConfig(
+        enabled=True, email_replacement="<E>", ip_replacement="<I>", phone_replacement="<P>"
+    )
+    out = RedactPII(cfg).apply(batch([text]))
+    redacted = out.table.column("text")[0].as_py()
+    assert out.counters == {
+        "emails": redacted.count("<E>"),
+        "ip_addresses": redacted.count("<I>"),
+        "phone_numbers": redacted.count("<P>"),
+    }
 
 
 def test_pii_kinds_can_be_switched_off() -> None:
