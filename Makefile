@@ -29,6 +29,9 @@ demo: $(VENV)/.core
 	$(BIN)/shardyard dataset head $(DEMO_DIR)/corpus -n 5 -c id,source,text
 	$(BIN)/shardyard dataset verify $(DEMO_DIR)/corpus
 	$(BIN)/shardyard dataset info $(DEMO_DIR)/tokens
+	$(BIN)/shardyard ingest 'examples/corpus/*.jsonl' -o $(DEMO_DIR)/clean -c examples/ingest.toml
+	$(BIN)/shardyard ingest explain $(DEMO_DIR)/clean doc-0017
+	$(BIN)/shardyard dataset head $(DEMO_DIR)/clean/_removed -n 5 -c id,reason,value,detail
 
 lint: $(VENV)/.all
 	$(BIN)/ruff check .

@@ -4,11 +4,19 @@ pyarrow floor, side by side in one run on the same JSONL corpora, one core each.
 Works (input: one JSONL file of ``{"id", "text", "url"}`` records; output: Parquet, zstd where
 the implementation lets one choose):
 
-* **(a) parse + normalize + filter + write**: Unicode NFC, control characters removed, runs of
-  spaces/tabs collapsed, lines trimmed, at most one blank line; then the Gopher quality and
-  repetition rules at datatrove's default thresholds, restricted to the rules our
-  ``FilterConfig`` has (see ``gopher_kwargs``); the kept documents written as Parquet.
-  The floor only parses and writes (``pyarrow.json.read_json`` + ``pyarrow.parquet.write_table``).
+* **(a) parse + normalize + filter + write**, in two variants. Both: Unicode NFC, control
+  characters removed, runs of spaces/tabs collapsed, lines trimmed, at most one blank line; then
+  Gopher rules at datatrove's default thresholds, restricted to the rules our ``FilterConfig``
+  has (see ``gopher_kwargs``); the kept documents written as Parquet.
+
+  - work ``q``: the Gopher *quality* rules only (words 50..100k, mean word length 3..10,
+    '#'/ellipsis per word <= 0.1, alphabetic words >= 0.8): the like-for-like reading of the
+    issue, whose peer numbers (15-19 MiB/s per core) only such light filtering reaches;
+  - work ``a``: the quality rules *and* the Gopher repetition rules (duplicate lines, top
+    2/3/4-gram and duplicate 5..10-gram character fractions), which cost the peers 5-10x.
+
+  The floor only parses and writes (``pyarrow.json.read_json`` + ``pyarrow.parquet.write_table``)
+  and runs under both works (the same job; two samples of it).
 * **(b) exact dedup**: drop every document whose text is byte-identical to an earlier one.
 * **(c) fuzzy dedup**: MinHash + LSH over word 5-grams, 20 bands x 6 rows (120 permutations) for
   every implementation that lets one set them; candidate pairs are clustered, one document per
@@ -25,7 +33,7 @@ results back for precision/recall are outside it). MiB/s per core = input JSONL 
 seconds / 1 core.
 
 Run: ``.venv/bin/python benchmarks/bench_ingest.py`` (all of the committed plan) or e.g.
-``.venv/bin/python benchmarks/bench_ingest.py --plan smoke --only peers``.
+``.venv/bin/python benchmarks/bench_ingest.py --plan smoke --only peers --works qa``.
 """
 
 from __future__ import annotations
@@ -97,10 +105,11 @@ def gopher_kwargs() -> tuple[dict[str, Any], dict[str, Any]]:
     return quality, {"dup_para_frac": None, "dup_para_char_frac": None}
 
 
-def gopher_reject(text: str) -> str | None:
+def gopher_reject(text: str, repetition: bool = True) -> str | None:
     """The rules of :func:`gopher_kwargs` for HF datasets: datatrove's own rule code and
     constants, with whitespace-separated words (what datatrove does with the whitespace
-    tokenizer below); returns the first failed rule or None."""
+    tokenizer below); returns the first failed rule or None. ``repetition=False`` (work q):
+    stop after the alphabetic-words rule, i.e. the quality rules only."""
     from datatrove.pipeline.filters.gopher_repetition_filter import (
         find_all_duplicate,
         find_duplicates,
@@ -125,6 +134,8 @@ def gopher_reject(text: str) -> str | None:
         return "ellipsis"
     if sum(any(c.isalpha() for c in w) for w in words) / n_words < 0.8:
         return "alpha_words"
+    if not repetition:
+        return None
     lines = re.split("\n+", text)
     dup_lines, dup_chars = find_duplicates(lines)
     if dup_lines / len(lines) > 0.3:
@@ -193,10 +204,11 @@ def run_floor(work: str, path: Path, out: Path, scratch: Path) -> dict[str, Any]
 
 
 def run_hf(work: str, path: Path, out: Path, scratch: Path) -> dict[str, Any]:
-    """HF datasets: load_dataset("json") (its cache in a fresh folder), then (a) map(normalize)
-    + filter(gopher_reject is None), (b) map(xxh3-128 of the text) + filter(first time seen,
-    via a set), batched, num_proc=None (one process); to_parquet with its defaults (snappy:
-    datasets 5 sets a per-column codec itself, so to_parquet cannot be given zstd)."""
+    """HF datasets: load_dataset("json") (its cache in a fresh folder), then (q, a)
+    map(normalize) + filter(gopher_reject is None; q: quality rules only), (b) map(xxh3-128
+    of the text) + filter(first time seen, via a set), batched, num_proc=None (one process);
+    to_parquet with its defaults (snappy: datasets 5 sets a per-column codec itself, so
+    to_parquet cannot be given zstd)."""
     import datasets
     import xxhash
 
@@ -204,14 +216,15 @@ def run_hf(work: str, path: Path, out: Path, scratch: Path) -> dict[str, Any]:
     ds = datasets.load_dataset(
         "json", data_files=str(path), split="train", cache_dir=str(scratch / "hf-cache")
     )
-    if work == "a":
+    if work in ("q", "a"):
+        repetition = work == "a"
         ds = ds.map(
             lambda texts: {"text": [normalize(t) for t in texts]},
             batched=True,
             input_columns=["text"],
         )
         ds = ds.filter(
-            lambda texts: [gopher_reject(t) is None for t in texts],
+            lambda texts: [gopher_reject(t, repetition) is None for t in texts],
             batched=True,
             input_columns=["text"],
         )
@@ -271,8 +284,9 @@ def run_datatrove(
 ) -> dict[str, Any]:
     """datatrove, LocalPipelineExecutor(tasks=1, workers=1) per stage (stage 2 of MinHash runs its
     20 bucket tasks one after another), JsonlReader in, ParquetWriter(zstd) out.
-    (a) reader -> normalize (a BaseFormatter calling :func:`normalize`) -> GopherQualityFilter ->
-    GopherRepetitionFilter (:func:`gopher_kwargs`) -> writer; (b) ExactDedupSignature ->
+    (q) reader -> normalize (a BaseFormatter calling :func:`normalize`) -> GopherQualityFilter
+    (:func:`gopher_kwargs`) -> writer; (a) the same with GopherRepetitionFilter after the quality
+    filter; (b) ExactDedupSignature ->
     ExactFindDedups -> ExactDedupFilter on the text's UTF-8 bytes (xxh64); (c) MinhashDedup
     Signature -> Buckets -> Cluster -> Filter with MinhashConfig(n_grams=5, num_buckets=20,
     hashes_per_bucket=6, seed=1), 64-bit xxhash."""
@@ -296,7 +310,7 @@ def run_datatrove(
             steps, tasks=tasks, workers=1, logging_dir=str(scratch / f"logs-{name}")
         ).run()
 
-    if work == "a":
+    if work in ("q", "a"):
         from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
 
         class Normalize(BaseFormatter):
@@ -307,14 +321,10 @@ def run_datatrove(
 
         tok = _datatrove_tokenizer(tokenizer)
         quality, repetition = gopher_kwargs()
-        steps = [
-            reader(),
-            Normalize(),
-            GopherQualityFilter(**quality, language=tok),
-            GopherRepetitionFilter(**repetition, language=tok),
-            writer(),
-        ]
-        run(steps, "a")
+        steps = [reader(), Normalize(), GopherQualityFilter(**quality, language=tok)]
+        if work == "a":
+            steps.append(GopherRepetitionFilter(**repetition, language=tok))
+        run([*steps, writer()], work)
     elif work == "b":
         from datatrove.pipeline.dedup.exact_dedup import (
             ExactDedupConfig,
@@ -428,8 +438,11 @@ def run_rensa(work: str, path: Path, out: Path, scratch: Path, mode: str) -> dic
 
 def ours_config(work: str, verify: bool = False) -> Any:
     """Our IngestConfig for a work: (a) normalize + filters (defaults = the Gopher rules
-    above), no dedup; (b) exact dedup only; (c) fuzzy dedup only (defaults: 5-grams, 20 x 6,
-    seed 1; ``verify``: verify_jaccard=True, threshold 0.8). One LocalCluster worker."""
+    above), no dedup; (q) the same with the repetition rules off
+    (`FilterConfig(max_duplicate_line_fraction=None, max_duplicate_line_char_fraction=None,
+    top_ngram_char_fraction={}, duplicate_ngram_char_fraction={})`); (b) exact dedup only;
+    (c) fuzzy dedup only (defaults: 5-grams, 20 x 6, seed 1; ``verify``: verify_jaccard=True,
+    threshold 0.8). One LocalCluster worker."""
     from pipelines.config import (
         ExactDedupConfig,
         ExecutionConfig,
@@ -439,9 +452,17 @@ def ours_config(work: str, verify: bool = False) -> Any:
         NormalizeConfig,
     )
 
+    filters = FilterConfig(enabled=work in ("q", "a"))
+    if work == "q":
+        filters = FilterConfig(
+            max_duplicate_line_fraction=None,
+            max_duplicate_line_char_fraction=None,
+            top_ngram_char_fraction={},
+            duplicate_ngram_char_fraction={},
+        )
     return IngestConfig(
-        normalize=NormalizeConfig(enabled=work == "a"),
-        filters=FilterConfig(enabled=work == "a"),
+        normalize=NormalizeConfig(enabled=work in ("q", "a")),
+        filters=filters,
         exact_dedup=ExactDedupConfig(enabled=work == "b"),
         fuzzy_dedup=FuzzyDedupConfig(enabled=work == "c", verify_jaccard=verify),
         execution=ExecutionConfig(workers=1, progress=False),
@@ -492,7 +513,7 @@ OURS_MODS = ("pipelines", "pipelines.config", "distributed")
 IMPLS: dict[str, Impl] = {
     i.name: i
     for i in [
-        Impl("ours", "ours", "ours", ("a", "b", "c"), run_ours, {"verify": False}, OURS_MODS),
+        Impl("ours", "ours", "ours", ("q", "a", "b", "c"), run_ours, {"verify": False}, OURS_MODS),
         Impl(
             "ours-verify",
             "ours, verify_jaccard",
@@ -502,13 +523,13 @@ IMPLS: dict[str, Impl] = {
             {"verify": True},
             OURS_MODS,
         ),
-        Impl("floor", "pyarrow floor (read_json + write_table)", "floor", ("a",), run_floor),
-        Impl("hf", "HF datasets", "peer", ("a", "b"), run_hf, {}, HF_MODS),
+        Impl("floor", "pyarrow floor (read_json + write_table)", "floor", ("q", "a"), run_floor),
+        Impl("hf", "HF datasets", "peer", ("q", "a", "b"), run_hf, {}, HF_MODS),
         Impl(
             "datatrove",
             "datatrove, whitespace tokenizer",
             "peer",
-            ("a", "b", "c"),
+            ("q", "a", "b", "c"),
             run_datatrove,
             {"tokenizer": "whitespace"},
             DT_MODS,
@@ -517,7 +538,7 @@ IMPLS: dict[str, Impl] = {
             "datatrove-spacy",
             "datatrove, default tokenizer (spaCy en)",
             "peer",
-            ("a", "c"),
+            ("q", "a", "c"),
             run_datatrove,
             {"tokenizer": "default"},
             (*DT_MODS, "spacy"),
@@ -551,8 +572,10 @@ IMPLS: dict[str, Impl] = {
         ),
     ]
 }
+WORKS = "qabc"  # report order
 WORK_NAMES = {
-    "a": "(a) parse+normalize+filter+write",
+    "q": "(a) parse+normalize+filter+write, Gopher quality rules only",
+    "a": "(a) parse+normalize+filter+write, Gopher quality + repetition rules",
     "b": "(b) exact dedup",
     "c": "(c) fuzzy dedup",
 }
@@ -747,30 +770,39 @@ def run_case(case: Case, cpu: int, workdir: Path, keep: bool, timeout: float) ->
 
 
 # Plans: corpus key -> (kind, default size, {work: implementations}).
-A_ALL = ("floor", "hf", "datatrove", "ours")
+A_ALL = ("floor", "hf", "datatrove", "ours")  # works q and a
 B_ALL = ("hf", "datatrove", "ours")
 C_ALL = ("datatrove", "datasketch", "rensa", "rensa-dedup", "ours", "ours-verify")
 SPACY = {
+    "q": ("datatrove-spacy", "datatrove", "ours"),
     "a": ("datatrove-spacy", "datatrove", "ours"),
     "c": ("datatrove-spacy", "datatrove", "ours", "ours-verify"),
 }
 Plan = dict[str, tuple[str, str, dict[str, tuple[str, ...]]]]
 PLANS: dict[str, Plan] = {
     # The committed run: every peer on the 100 MB slices; the spaCy tokenizer (~0.2 MiB/s) on
-    # 10 MB; the 2 GB corpus only for the floor, HF's exact dedup (its filter path runs at
-    # ~1.5 MiB/s, 20+ minutes for 2 GB) and ours.
+    # 10 MB; the 2 GB corpus only for the floor, HF's exact dedup (its filter path with the
+    # repetition rules runs at ~1.5 MiB/s, 20+ minutes for 2 GB) and ours.
     "full": {
-        "slice": ("synthetic", "100MB", {"a": A_ALL, "b": B_ALL, "c": C_ALL}),
+        "slice": ("synthetic", "100MB", {"q": A_ALL, "a": A_ALL, "b": B_ALL, "c": C_ALL}),
         "spacy": ("synthetic", "10MB", SPACY),
-        "real": ("real", "100MB", {"a": A_ALL, "b": B_ALL, "c": C_ALL}),
-        "big": ("synthetic", "2GB", {"a": ("floor", "ours"), "b": ("hf", "ours")}),
+        "real": ("real", "100MB", {"q": A_ALL, "a": A_ALL, "b": B_ALL, "c": C_ALL}),
+        "big": (
+            "synthetic",
+            "2GB",
+            {"q": ("floor", "ours"), "a": ("floor", "ours"), "b": ("hf", "ours")},
+        ),
     },
     # The same on small corpora, to check that everything runs (timings mean little).
     "smoke": {
-        "slice": ("synthetic", "5MB", {"a": A_ALL, "b": B_ALL, "c": C_ALL}),
+        "slice": ("synthetic", "5MB", {"q": A_ALL, "a": A_ALL, "b": B_ALL, "c": C_ALL}),
         "spacy": ("synthetic", "1MB", SPACY),
-        "real": ("real", "5MB", {"a": A_ALL, "b": B_ALL, "c": C_ALL}),
-        "big": ("synthetic", "20MB", {"a": ("floor", "ours"), "b": ("hf", "ours")}),
+        "real": ("real", "5MB", {"q": A_ALL, "a": A_ALL, "b": B_ALL, "c": C_ALL}),
+        "big": (
+            "synthetic",
+            "20MB",
+            {"q": ("floor", "ours"), "a": ("floor", "ours"), "b": ("hf", "ours")},
+        ),
     },
 }
 
@@ -881,7 +913,7 @@ def report(
             planted = " / ".join(str(len(t[k])) for k in ("exact", "near", "near_miss", "junk"))
         ran = "; ".join(
             f"({w}) " + ", ".join(x.impl for x in cases if x.corpus_key == key and x.work == w)
-            for w in "abc"
+            for w in WORKS
             if any(x.corpus_key == key and x.work == w for x in cases)
         )
         lines.append(f"| {key} | `{c.path.name}` | {c.docs:,} | {c.mib:.1f} | {planted} | {ran} |")
@@ -916,16 +948,24 @@ def report(
         lines.append(f"- **{impl.label}**: {_md(impl.fn.__doc__)}")
     lines += [
         f"- Normalize (peers): {_md(normalize.__doc__)}",
-        f"- Quality rules: {_md(gopher_kwargs.__doc__)} HF datasets runs "
+        f"- Gopher rules: {_md(gopher_kwargs.__doc__)} HF datasets runs "
         "them through `gopher_reject` (datatrove's own rule helpers and constants, whitespace "
-        "words), so HF and datatrove-whitespace keep the same documents.",
+        "words), so HF and datatrove-whitespace keep the same documents. "
+        "**Two filtering works**: *quality rules only* (work `q`: the first four rules, no "
+        "duplicate-line / n-gram rules; datatrove: GopherQualityFilter alone; the issue's "
+        "like-for-like reading, its peer figures of 15-19 MiB/s per core are only reachable "
+        "this way) and *quality + repetition rules* (work `a`: all of them; datatrove: "
+        "GopherQualityFilter then GopherRepetitionFilter). The floor runs under both (the same "
+        "job, measured twice).",
         f"- Ours' configs: {_md(ours_config.__doc__)}",
         "- datatrove tokenizers: "
         + _md(_datatrove_tokenizer.__doc__)
         + " The Gopher filters and the MinHash signature both use the tokenizer.",
         "- Precision and recall (synthetic corpora) of the set of removed ids (ours: from "
         "`<output>/_removed`; everyone else: input ids minus output ids) against what should "
-        "go: (a) the planted junk, (b) the planted exact duplicates, (c) the planted exact and "
+        "go: (a, quality + repetition) all planted junk, (a, quality only) the planted junk "
+        "except the repeated-lines kind (only repetition rules catch it), (b) the planted "
+        "exact duplicates, (c) the planted exact and "
         "near duplicates (a removed near miss is a false positive). "
         "**ours ÷ this (speed)** = this row's wall time / ours' wall time (> 1: ours is faster).",
     ]
@@ -944,7 +984,7 @@ def report(
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         truth = corpora.load_truth(c) if c.truth is not None else None
-        for work in "abc":
+        for work in WORKS:
             wrows = [x for x in rows if x.work == work]
             ours = next((x for x in wrows if x.impl == "ours" and x.walls), None)
             for x in wrows:
@@ -993,19 +1033,38 @@ def report(
 
 
 def goals(cases: list[Case]) -> list[str]:
-    """The issue's goals, checked on every corpus where both sides ran."""
+    """The issue's goals, checked on every corpus where both sides ran. (a) is read
+    like-for-like with the issue (whose peers ran at 15-19 MiB/s per core): on work q, the
+    Gopher quality rules only. Work a (with the repetition rules) is shown as a stricter
+    reading, not counted as a goal: no peer comes near the issue's speeds with those rules."""
     by = {(x.corpus_key, x.work, x.impl): x for x in cases if x.walls}
     out = ["## Goals", "", "| goal | corpus | measured | met |", "|---|---|---|---|"]
+    strict = [
+        "",
+        "Stricter reading, not counted: (a) with the Gopher repetition rules as well (work a). "
+        "No peer runs near the issue's speeds with them, so the issue's 1.7x HF / 2x datatrove "
+        "equivalence does not hold here; the floor ratio is the one that matters.",
+        "",
+        "| check | corpus | measured | met |",
+        "|---|---|---|---|",
+    ]
     verdicts: list[str] = []
+    strict_verdicts: list[str] = []
 
-    def speed(key: str, work: str, ours: str, peer: str, need: float, what: str) -> None:
+    def speed(
+        key: str, work: str, ours: str, peer: str, need: float, what: str, counted: bool = True
+    ) -> None:
         a, b = by.get((key, work, ours)), by.get((key, work, peer))
         if a is None or b is None:
             return
         r = best(b) / best(a)
         ok = r >= need
-        out.append(f"| {what} | {key} | {r:.2f}x | {'yes' if ok else '**no**'} |")
-        verdicts.append(f"{what} on {key}: {r:.2f}x, {'met' if ok else 'NOT met'}")
+        (out if counted else strict).append(
+            f"| {what} | {key} | {r:.2f}x | {'yes' if ok else '**no**'} |"
+        )
+        (verdicts if counted else strict_verdicts).append(
+            f"{what} on {key}: {r:.2f}x, {'met' if ok else 'NOT met'}"
+        )
 
     def quality(key: str, impl: str, which: str, need: float, what: str) -> None:
         x = by.get((key, "c", impl))
@@ -1020,9 +1079,9 @@ def goals(cases: list[Case]) -> list[str]:
 
     keys = list(dict.fromkeys(x.corpus_key for x in cases))
     for key in keys:
-        speed(key, "a", "ours", "floor", 0.9, "(a) ours >= 0.9x pyarrow floor")
-        speed(key, "a", "ours", "hf", 1.7, "(a) ours >= 1.7x HF datasets")
-        speed(key, "a", "ours", "datatrove", 2.0, "(a) ours >= 2x datatrove (whitespace)")
+        speed(key, "q", "ours", "floor", 0.9, "(a, quality rules) ours >= 0.9x pyarrow floor")
+        speed(key, "q", "ours", "hf", 1.7, "(a, quality rules) ours >= 1.7x HF datasets")
+        speed(key, "q", "ours", "datatrove", 2.0, "(a, quality rules) ours >= 2x datatrove (ws)")
         speed(key, "b", "ours", "hf", 2.0, "(b) ours >= 2x HF datasets")
         for ours in ("ours", "ours-verify"):
             tag = "ours" if ours == "ours" else "ours+verify"
@@ -1031,8 +1090,13 @@ def goals(cases: list[Case]) -> list[str]:
         quality(key, "ours", "recall", 0.95, "(c) ours recall >= 0.95")
         quality(key, "ours-verify", "recall", 0.95, "(c) ours+verify recall >= 0.95")
         quality(key, "ours-verify", "precision", 0.99, "(c) ours+verify precision >= 0.99")
+        speed(key, "a", "ours", "floor", 0.9, "(a, +repetition) ours >= 0.9x floor", False)
+        speed(key, "a", "ours", "hf", 1.7, "(a, +repetition) ours >= 1.7x HF", False)
+        speed(key, "a", "ours", "datatrove", 2.0, "(a, +repetition) ours >= 2x datatrove", False)
     if len(out) == 4:
         out.append("| (ours was not measured in this run) | | | |")
+    if len(strict) > 6:
+        out += strict
     missed = [v for v in verdicts if v.endswith("NOT met")]
     out += ["", "## Findings", ""]
     if not verdicts:
@@ -1040,6 +1104,34 @@ def goals(cases: list[Case]) -> list[str]:
     else:
         out.append(f"- Goals checked: {len(verdicts)}; met: {len(verdicts) - len(missed)}.")
         out += [f"- Missed: {v.removesuffix(', NOT met')}" for v in missed]
+    if strict_verdicts:
+        n_ok = sum(v.endswith(", met") for v in strict_verdicts)
+        out.append(
+            f"- Stricter reading (with repetition rules, not counted): {n_ok} of "
+            f"{len(strict_verdicts)} met."
+        )
+    # How the issue's "0.9x floor = about 1.7x HF and 2x datatrove" holds on this machine:
+    # the issue had floor/HF = 35.0/18.9 = 1.85 and floor/datatrove = 35.0/15.4 = 2.27.
+    for key in keys:
+        for work in ("q", "a"):
+            fl = by.get((key, work, "floor"))
+            if fl is None:
+                continue
+            parts = [
+                f"{name} {best(x) / best(fl):.2f}"
+                for name, x in (
+                    ("HF", by.get((key, work, "hf"))),
+                    ("datatrove-ws", by.get((key, work, "datatrove"))),
+                )
+                if x is not None
+            ]
+            if parts:
+                out.append(
+                    f"- floor speed / peer speed on {key}, {WORK_NAMES[work]}: "
+                    + ", ".join(parts)
+                    + " (issue: HF 1.85, datatrove 2.27; 0.9x floor = "
+                    "0.9 x these relative to the peer)"
+                )
     out += ["", "(Explanations of missed goals are added by hand below this line.)", ""]
     return out
 
@@ -1072,7 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=SIZE",
         help="override a corpus size, e.g. --size big=1GB --size slice=50MB",
     )
-    ap.add_argument("--works", default="abc", help="subset of a, b, c")
+    ap.add_argument("--works", default=WORKS, help="subset of q, a, b, c")
     ap.add_argument(
         "--only",
         help="comma list of implementations or groups (ours, peers, floor), e.g. 'peers,floor'",

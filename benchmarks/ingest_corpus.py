@@ -445,8 +445,12 @@ def load_truth(corpus: Corpus) -> dict[str, Any]:
 
 
 def planted(truth: dict[str, Any], work: str) -> set[str]:
-    """The ids a work should remove: (a) filters: the junk; (b) exact dedup: the exact
-    duplicates; (c) fuzzy dedup: the exact and the near duplicates (never the near misses)."""
+    """The ids a work should remove: (a) filters: the junk; (q) quality filters only: the junk
+    except the "repeated" kind (repeated lines pass the quality rules; only the repetition rules
+    catch them); (b) exact dedup: the exact duplicates; (c) fuzzy dedup: the exact and the near
+    duplicates (never the near misses)."""
+    if work == "q":
+        return {i for i, kind in truth["junk"].items() if kind != "repeated"}
     keys = {"a": ("junk",), "b": ("exact",), "c": ("exact", "near")}[work]
     return set().union(*(truth[k] for k in keys))
 

@@ -315,7 +315,7 @@ def _dedup(
         {
             "_ord": pa.array(ords, pa.uint64()),
             "reason": pa.array(reasons, pa.string()),
-            "value": pa.array(values, pa.float64()),
+            "value": pa.array(values, pa.float64(), from_pandas=True),  # NaN -> null
             "survivor": pa.array(survivors, pa.uint64()),
         }
     ).sort_by("_ord")

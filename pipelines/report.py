@@ -79,7 +79,7 @@ class IngestReport:
             ),
         ]
         for name, s in self.stages.items():
-            extra = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("counters", {}).items()))
+            extra = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("counters", {}).items()) if v)
             lines.append(
                 f"  {name:<10} {s['docs_in']:>10,} in  {s['docs_out']:>10,} out"
                 + (f"  ({extra})" if extra else "")
