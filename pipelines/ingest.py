@@ -20,6 +20,7 @@ only unfinished tasks, on any number of workers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -78,16 +79,20 @@ def ingest(
     plan = make_plan(files, config)
     timings["plan"] = time.perf_counter() - t
     job = plan.job_id
+    # A work directory shared by several outputs keeps each output's jobs apart.
+    work_uri = f"{work_root}/{job}"
+    if config.execution.work_dir:
+        work_uri = f"{work_root}/{hashlib.sha256(output.encode()).hexdigest()[:12]}-{job}"
     done = _already_committed(output, job, storage)
     if done is not None:
         say(f"job {job} is already committed as version {done.output_version}; nothing to do")
-        WorkDir(f"{work_root}/{job}", storage).delete_all()
+        WorkDir(work_uri, storage).delete_all()
         _drop_listing(work_root, listing_key, storage)
         return done
     ctx = tasks.JobContext(
         job_id=job,
         output_uri=output,
-        work_uri=f"{work_root}/{job}",
+        work_uri=work_uri,
         storage=storage,
         config=config,
         files=tuple(plan.files),
@@ -147,9 +152,6 @@ def _listing(
 ) -> tuple[list[InputFile], str]:
     """Discover the inputs, or reuse the listing an earlier attempt of this job cached; returns
     the files and the cache key."""
-    import hashlib
-    import json
-
     spec = json.dumps([list(inputs), config.input.format], sort_keys=True)
     key = f"listings/{hashlib.sha256(spec.encode()).hexdigest()[:20]}.json"
     cache = open_store(work_root, storage)

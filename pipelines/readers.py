@@ -127,6 +127,27 @@ def _bad_block(uri: str, offset: int, reason: str) -> Block:
     )
 
 
+def _oversize(
+    uri: str, offset: int, length: int, config: InputConfig, prefix: bytes | None
+) -> Block:
+    """The quarantine block for one record longer than ``input.max_record_bytes``."""
+    return Block(
+        None,
+        [
+            {
+                "source_uri": uri,
+                "source_offset": offset,
+                "reason": f"record of {length} bytes exceeds input.max_record_bytes "
+                f"({config.max_record_bytes})",
+                "record_bytes": length,
+                "raw": prefix,
+            }
+        ],
+        records=1,
+        nbytes=length,
+    )
+
+
 def _store_and_key(uri: str, storage: StorageConfig | None) -> tuple[Any, str]:
     loc = parse_uri(uri)
     head, _, name = loc.path.rpartition("/")
@@ -295,21 +316,7 @@ def _read_jsonl(
         if item[0] is None:
             _, offset, length, prefix = item
             ords.one()
-            yield Block(
-                None,
-                [
-                    {
-                        "source_uri": f.uri,
-                        "source_offset": offset,
-                        "reason": f"record of {length} bytes exceeds input.max_record_bytes "
-                        f"({config.max_record_bytes})",
-                        "record_bytes": length,
-                        "raw": prefix,
-                    }
-                ],
-                records=1,
-                nbytes=length,
-            )
+            yield _oversize(f.uri, offset, length, config, prefix)
             continue
         data, offset = item
         yield _parse_jsonl_block(data, offset, f.uri, config, ords)
@@ -427,10 +434,7 @@ def _slow_json(
         reason = None
         record: Any = None
         if e - s > config.max_record_bytes:
-            reason = (
-                f"record of {e - s} bytes exceeds input.max_record_bytes "
-                f"({config.max_record_bytes})"
-            )
+            reason = _oversize(uri, offset, e - s, config, None).bad[0]["reason"]
         else:
             try:
                 record = json.loads(line.decode("utf-8"))
@@ -607,20 +611,7 @@ def _read_text(
 ) -> Iterator[Block]:
     if f.size > config.max_record_bytes:
         ords.one()
-        yield Block(
-            None,
-            [
-                {
-                    "source_uri": f.uri,
-                    "source_offset": 0,
-                    "reason": f"text file of {f.size} bytes exceeds input.max_record_bytes "
-                    f"({config.max_record_bytes})",
-                    "record_bytes": f.size,
-                }
-            ],
-            records=1,
-            nbytes=f.size,
-        )
+        yield _oversize(f.uri, 0, f.size, config, None)
         return
     if f.compression is None:
         store, key = _store_and_key(f.uri, storage)
