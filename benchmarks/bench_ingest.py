@@ -474,8 +474,17 @@ def run_ours(work: str, path: Path, out: Path, scratch: Path, verify: bool) -> d
     LocalCluster (1 worker process) started and stopped inside the timed call."""
     import pipelines
 
-    report = pipelines.ingest([str(path)], str(out), config=ours_config(work, verify))
-    return {"report": report.to_dict()}
+    t0 = time.perf_counter()
+    marks: dict[str, float] = {}
+
+    def echo(msg: str) -> None:  # "ingest: ..." just before the cluster starts, "dask: ..." after
+        marks.setdefault(msg.split(":", 1)[0], time.perf_counter() - t0)
+
+    report = pipelines.ingest([str(path)], str(out), config=ours_config(work, verify), echo=echo)
+    info: dict[str, Any] = {"report": report.to_dict()}
+    if "ingest" in marks and "dask" in marks:
+        info["cluster_start"] = marks["dask"] - marks["ingest"]
+    return info
 
 
 @dataclass(frozen=True)
@@ -652,6 +661,7 @@ class Case:
     report: dict[str, Any] | None = None
     error: str | None = None
     warning: str | None = None
+    cluster_start: float | None = None  # ours: LocalCluster + Client start-up, seconds
 
 
 class TreeSampler(threading.Thread):
@@ -756,6 +766,7 @@ def run_case(case: Case, cpu: int, workdir: Path, keep: bool, timeout: float) ->
         case.removed = set(res["removed"])
         case.reasons = res.get("reasons", {})
         case.report = res.get("report")
+        case.cluster_start = res.get("cluster_start")
         if res.get("warning"):
             case.warning = res["warning"]
             log(f"  WARNING {case.impl} {case.work} on {case.corpus.name}: {case.warning}")
@@ -1011,6 +1022,7 @@ def report(
                 lines.append(f"\n{IMPLS[x.impl].label} ({x.work}) removed: {why}.")
         lines.append("")
     lines += goals(cases)
+    lines += time_split(cases)
     lines += ["## Raw wall times (seconds, every run)", ""]
     for x in cases:
         if x.walls:
@@ -1030,6 +1042,37 @@ def report(
                 )
             )
     return "\n".join(lines) + "\n"
+
+
+def time_split(cases: list[Case]) -> list[str]:
+    """Where ours' wall time goes, from its report's ``timings`` (of the last run) and the time
+    between its "ingest:" and "dask:" messages (cluster start-up). ``other``: the wall time
+    none of these cover (cluster shutdown, scattering the job context, the commit, deleting
+    the work folder)."""
+    rows = [x for x in cases if IMPLS[x.impl].group == "ours" and x.walls and x.report]
+    if not rows:
+        return []
+    out = [
+        "## Where ours' time goes",
+        "",
+        _md(time_split.__doc__),
+        "",
+        "| corpus | work | impl | wall s | cluster start | plan | prepare | dedup buckets | "
+        "dedup verify | dedup ids | finalize | other |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = ("plan", "prepare", "dedup_buckets", "dedup_verify", "dedup_ids", "finalize")
+    for x in rows:
+        t = (x.report or {}).get("timings", {})
+        wall = x.walls[-1]
+        start = x.cluster_start or 0.0
+        parts = [float(t.get(k, 0.0)) for k in keys]
+        other = wall - start - sum(parts)
+        cells = [f"{start:.2f}", *(f"{v:.2f}" if v else "-" for v in parts), f"{other:.2f}"]
+        out.append(
+            f"| {x.corpus_key} | {x.work} | {x.impl} | {wall:.2f} | " + " | ".join(cells) + " |"
+        )
+    return [*out, ""]
 
 
 def goals(cases: list[Case]) -> list[str]:

@@ -95,7 +95,6 @@ def ingest(
         work_uri=work_uri,
         storage=storage,
         config=config,
-        files=tuple(plan.files),
         buckets=_buckets(plan, config),
     )
     work = ctx.work()
@@ -111,7 +110,10 @@ def ingest(
             client,
             "prepare",
             tasks.prepare,
-            [(ctx_future, p) for p in plan.partitions],
+            [
+                (ctx_future, p, {x.file: plan.files[x.file] for x in p.pieces})
+                for p in plan.partitions
+            ],
             progress,
             docs_of=lambda s: int(s["docs_read"]),
         )
@@ -286,7 +288,6 @@ def _dedup(
 
     # exact: every group is a star onto its first document
     ex_src, ex_dst = edges["exact"]
-    exact_removed = dict(zip(ex_src.tolist(), ex_dst.tolist(), strict=True))
     # fuzzy: candidate pairs among documents that are not exact duplicates
     fz_src, fz_dst = edges["fuzzy"]
     if len(ex_src):
@@ -312,7 +313,6 @@ def _dedup(
     if sims is not None and dup.any():
         best = _best_similarity(fz_src, fz_dst, sims, members[dup])
         values[len(ex_src) :] = best
-    del exact_removed
     table = pa.table(
         {
             "_ord": pa.array(ords, pa.uint64()),
@@ -500,10 +500,7 @@ def _commit(
             "shardyard_version": __version__,
             "config": ctx.config.to_dict(with_execution=False),
             "config_hash": ctx.config.fingerprint(),
-            "inputs": [
-                {"uri": f.uri, "size": f.size, "etag": f.etag, "missing": f.missing}
-                for f in plan.files
-            ],
+            **_inputs_lineage(out, ctx.job_id, plan),
             "removed": {"uri": f"{ctx.output_uri}/_removed", "version": side_versions["removed"]},
             "quarantine": {
                 "uri": f"{ctx.output_uri}/_quarantine",
@@ -522,6 +519,34 @@ def _commit(
         metadata=metadata,
     )
     return report
+
+
+#: Up to this many inputs are listed in the manifest itself; more go to a lineage object.
+INLINE_INPUTS = 1000
+
+
+def _inputs_lineage(out: Any, job: str, plan: Plan) -> dict[str, Any]:
+    """The inputs (URI, size, ETag) for the manifest: inline for small jobs; for large ones a
+    zstd JSON Lines object ``lineage/<job>-inputs.jsonl.zst`` in the dataset prefix, named in
+    the manifest with its size and checksum, so the manifest stays small however many files
+    were read."""
+    import zstandard
+
+    from datastore.manifest import checksum
+
+    rows = [
+        {"uri": f.uri, "size": f.size, "etag": f.etag, "missing": f.missing} for f in plan.files
+    ]
+    summary = {"input_files": len(rows), "input_bytes": plan.input_bytes}
+    if len(rows) <= INLINE_INPUTS:
+        return {**summary, "inputs": rows}
+    body = zstandard.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+    key = f"lineage/{job}-inputs.jsonl.zst"
+    out.put(key, body)
+    return {
+        **summary,
+        "inputs_object": {"path": key, "bytes": len(body), "checksum": checksum(body)},
+    }
 
 
 def _remove_leftovers(

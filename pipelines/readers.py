@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,11 +81,12 @@ class _Ords:
 
 def read_partition(
     partition: Partition,
-    files: tuple[InputFile, ...],
+    files: Mapping[int, InputFile] | Sequence[InputFile],
     config: InputConfig,
     storage: StorageConfig | None,
 ) -> Iterator[Block]:
-    """Read every piece of ``partition`` in order, yielding blocks of documents."""
+    """Read every piece of ``partition`` in order, yielding blocks of documents; ``files`` maps
+    the pieces' file indexes to the input files."""
     ords = _Ords(partition.index)
     for piece in partition.pieces:
         f = files[piece.file]

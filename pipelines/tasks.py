@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,7 +73,6 @@ class JobContext:
     work_uri: str
     storage: StorageConfig | None
     config: IngestConfig
-    files: tuple[InputFile, ...]
     buckets: int
 
     @property
@@ -166,9 +165,12 @@ def _fit(table: pa.Table, schema: pa.Schema) -> pa.Table | None:
         return None
 
 
-def prepare(ctx: JobContext, partition: Partition) -> dict[str, Any]:
-    """Read one partition, run the per-document stages, write its candidate shard(s), filter
-    drops, quarantine and dedup signatures; returns (and records) the partition's statistics."""
+def prepare(
+    ctx: JobContext, partition: Partition, files: Mapping[int, InputFile]
+) -> dict[str, Any]:
+    """Read one partition (``files``: the input files its pieces name, by index), run the
+    per-document stages, write its candidate shard(s), filter drops, quarantine and dedup
+    signatures; returns (and records) the partition's statistics."""
     work = ctx.work()
     marker_key = f"prepared/{partition.index:06d}.json"
     done = work.marker(marker_key)
@@ -199,7 +201,7 @@ def prepare(ctx: JobContext, partition: Partition) -> dict[str, Any]:
     bad: list[pa.Table] = []
     sig_parts: list[pa.Table] = []
     try:
-        for block in read_partition(partition, ctx.files, cfg.input, ctx.storage):
+        for block in read_partition(partition, files, cfg.input, ctx.storage):
             stats["records"] += block.records
             stats["bytes_in"] += block.nbytes
             if block.bad:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,25 @@ def test_s3_in_and_out(
     etags = [i["etag"] for i in ds.manifest.metadata["ingest"]["inputs"]]
     assert all(e and e.strip('"') for e in etags)
     assert not list(open_store(out, s3_config).list("_work/"))
+
+
+def test_many_inputs_go_to_a_lineage_object(
+    corpus: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past INLINE_INPUTS files the manifest names a checksummed lineage object instead."""
+    import zstandard
+
+    from datastore.manifest import checksum
+
+    ingest_module = sys.modules["pipelines.ingest"]  # the module (the package exports the function)
+    monkeypatch.setattr(ingest_module, "INLINE_INPUTS", 2)
+    root, _ = corpus
+    out = str(tmp_path / "out")
+    ingest([str(root)], out, _no_filters(fast_config(), enabled=False))
+    meta = open_dataset(out).manifest.metadata["ingest"]
+    assert "inputs" not in meta and meta["input_files"] == 4
+    ref = meta["inputs_object"]
+    body = open_store(out).get(ref["path"])
+    assert len(body) == ref["bytes"] and checksum(body) == ref["checksum"]
+    rows = [json.loads(line) for line in zstandard.decompress(body).splitlines()]
+    assert sorted(r["uri"].rsplit("/", 1)[1] for r in rows) == [f"part-{i}.jsonl" for i in range(4)]
