@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,45 +215,30 @@ def _ids(table: pa.Table, offsets: np.ndarray, uri: str, config: InputConfig) ->
 # -- JSONL --------------------------------------------------------------------------------------
 
 
-def _raw_chunks(
-    f: InputFile, start: int, storage: StorageConfig | None
+def _decompressed_chunks(
+    f: InputFile, storage: StorageConfig | None
 ) -> Iterator[tuple[bytes, int]]:
-    """Raw bytes of ``f`` from ``start`` on, in blocks, with the offset of each block."""
-    if f.compression is None:
-        store, key = _store_and_key(f.uri, storage)
-        pos = start
+    """The decompressed bytes of ``f`` in blocks, with the (decompressed) offset of each."""
+    fs, path = resolve_filesystem(f.uri, storage)
+    pos = 0
+    with fs.open_input_stream(path, compression=f.compression) as stream:
         while True:
-            data = store.get_range(key, pos, BLOCK_BYTES)
+            data = stream.read(BLOCK_BYTES)
             if not data:
                 return
             yield data, pos
             pos += len(data)
-            if len(data) < BLOCK_BYTES:
-                return
-    else:
-        fs, path = resolve_filesystem(f.uri, storage)
-        pos = 0
-        with fs.open_input_stream(path, compression=f.compression) as stream:
-            while True:
-                data = stream.read(BLOCK_BYTES)
-                if not data:
-                    return
-                yield data, pos
-                pos += len(data)
 
 
 def _line_blocks(
-    chunks: Iterator[tuple[bytes, int]], start: int, end: int, max_record: int
+    chunks: Iterator[tuple[bytes, int]], max_record: int
 ) -> Iterator[tuple[bytes, int] | tuple[None, int, int, bytes]]:
-    """Complete-line blocks ``(data, offset)`` of the lines that start in ``[start, end)``
-    (``end < 0``: to the end); a line longer than ``max_record`` comes out as
-    ``(None, offset, length, prefix)`` without ever being held whole."""
+    """Complete-line blocks ``(data, offset)`` of a stream (compressed files); a line longer
+    than ``max_record`` comes out as ``(None, offset, length, prefix)`` without ever being
+    held whole."""
     carry = b""
-    carry_off = start
-    skipping = start > 0  # a range that does not start a file begins after the first newline
+    carry_off = 0
     oversize: tuple[int, int, bytes] | None = None  # (offset, length so far, prefix)
-    if skipping:
-        carry_off = start - 1
     for data, _off in chunks:
         if oversize is not None:
             nl = data.find(b"\n")
@@ -264,43 +249,20 @@ def _line_blocks(
             carry_off = oversize[0] + oversize[1] + nl + 1
             data = data[nl + 1 :]
             oversize = None
-            if end >= 0 and carry_off >= end:
-                return
         buf = carry + data if carry else data
-        if skipping:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                carry_off += len(buf)
-                carry = b""
-                continue
-            carry_off += nl + 1
-            buf = buf[nl + 1 :]
-            skipping = False
-            if end >= 0 and carry_off >= end:
-                return
         last = buf.rfind(b"\n")
         if last < 0:
             carry = buf
-            if len(carry) > max_record:
-                oversize = (carry_off, len(carry), carry[:RAW_PREFIX_BYTES])
-                carry = b""
-            continue
-        block, carry = buf[: last + 1], buf[last + 1 :]
-        if end >= 0 and carry_off + len(block) > end:
-            cut = block.find(b"\n", max(0, end - carry_off - 1))
-            if cut >= 0 and carry_off + cut + 1 >= end:
-                yield block[: cut + 1], carry_off
-                return
-        yield block, carry_off
-        carry_off += len(block)
-        if end >= 0 and carry_off >= end:
-            return
+        else:
+            yield buf[: last + 1], carry_off
+            carry_off += last + 1
+            carry = buf[last + 1 :]
         if len(carry) > max_record:
             oversize = (carry_off, len(carry), carry[:RAW_PREFIX_BYTES])
             carry = b""
     if oversize is not None:
         yield (None, oversize[0], oversize[1], oversize[2])
-    elif carry and not skipping:
+    elif carry:
         yield carry, carry_off
 
 
@@ -311,9 +273,17 @@ def _read_jsonl(
     storage: StorageConfig | None,
     ords: _Ords,
 ) -> Iterator[Block]:
-    first = max(0, piece.start - 1) if f.compression is None else 0
-    chunks = _raw_chunks(f, first, storage)
-    for item in _line_blocks(chunks, piece.start, piece.end, config.max_record_bytes):
+    if f.compression is None:
+        store, key = _store_and_key(f.uri, storage)
+        items: Iterator[Any] = _range_line_blocks(
+            lambda offset, n: store.get_range(key, offset, n),
+            piece.start,
+            piece.end,
+            config.max_record_bytes,
+        )
+    else:
+        items = _line_blocks(_decompressed_chunks(f, storage), config.max_record_bytes)
+    for item in items:
         if item[0] is None:
             _, offset, length, prefix = item
             ords.one()
@@ -323,7 +293,65 @@ def _read_jsonl(
         yield _parse_jsonl_block(data, offset, f.uri, config, ords)
 
 
-def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _range_line_blocks(
+    read: Callable[[int, int], bytes], start: int, end: int, max_record: int
+) -> Iterator[tuple[memoryview, int] | tuple[None, int, int, bytes]]:
+    """Like :func:`_line_blocks`, for a file with random access: each block is read at a line
+    start, so blocks are zero-copy views of what was read (the partial last line is read again
+    with the next block rather than copied)."""
+    pos = start
+    if start > 0:  # begin at the first line that starts at or after ``start``
+        probe, step = start - 1, 1 << 16
+        while True:
+            data = read(probe, step)
+            step = BLOCK_BYTES
+            if not data:
+                return
+            i = data.find(b"\n")
+            if i >= 0:
+                pos = probe + i + 1
+                break
+            probe += len(data)
+    while end < 0 or pos < end:
+        data = read(pos, BLOCK_BYTES)
+        if not data:
+            return
+        last = data.rfind(b"\n")
+        if last < 0:
+            if len(data) < BLOCK_BYTES:  # the file's last line, without a newline
+                yield memoryview(data), pos
+                return
+            length, found = _line_length(read, pos, data)
+            if length > max_record:
+                yield (None, pos, length, data[:RAW_PREFIX_BYTES])
+            else:
+                yield memoryview(read(pos, length + int(found))), pos
+            pos += length + 1
+            continue
+        view = memoryview(data)[: last + 1]
+        if end >= 0 and pos + last + 1 > end:
+            cut = data.find(b"\n", max(0, end - pos - 1))
+            yield view[: cut + 1], pos
+            return
+        yield view, pos
+        pos += last + 1
+
+
+def _line_length(read: Callable[[int, int], bytes], pos: int, head: bytes) -> tuple[int, bool]:
+    """Length of the line starting at ``pos`` (whose first bytes are ``head``), scanning ahead
+    without keeping it; and whether a newline ends it (False: it ends the file)."""
+    length = len(head)
+    while True:
+        data = read(pos + length, BLOCK_BYTES)
+        if not data:
+            return length, False
+        i = data.find(b"\n")
+        if i >= 0:
+            return length + i, True
+        length += len(data)
+
+
+def _line_bounds(data: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
     """Start and end (exclusive, without the newline) of each non-blank line.
 
     Only short lines can be blank in practice, so only lines of fewer than 16 bytes are
@@ -337,12 +365,14 @@ def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     keep = starts < ends
     short = np.flatnonzero(keep & (ends - starts < 16))
     for i in short.tolist():
-        if not data[starts[i] : ends[i]].strip():
+        if not bytes(data[starts[i] : ends[i]]).strip():
             keep[i] = False
     return starts[keep], ends[keep]
 
 
-def _parse_jsonl_block(data: bytes, base: int, uri: str, config: InputConfig, ords: _Ords) -> Block:
+def _parse_jsonl_block(
+    data: bytes | memoryview, base: int, uri: str, config: InputConfig, ords: _Ords
+) -> Block:
     starts, ends = _line_bounds(data)
     n = len(starts)
     block = Block(None, records=n, nbytes=len(data))
@@ -354,11 +384,11 @@ def _parse_jsonl_block(data: bytes, base: int, uri: str, config: InputConfig, or
         if table is not None:
             block.docs = _split_missing_text(table, ords.take(n), base + starts, uri, config, block)
             return block
-    block.docs = _slow_json(data, starts, ends, base, uri, config, ords, block)
+    block.docs = _slow_json(bytes(data), starts, ends, base, uri, config, ords, block)
     return block
 
 
-def _fast_json(data: bytes, n: int, config: InputConfig) -> pa.Table | None:
+def _fast_json(data: bytes | memoryview, n: int, config: InputConfig) -> pa.Table | None:
     """pyarrow's JSON reader on the whole block, if the block is clean (else None)."""
     try:
         codecs.utf_8_decode(data, "strict", True)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from datastore import StorageConfig, open_store
 from datastore.errors import NotFound
+from pipelines import readers
 from pipelines.config import IngestConfig
 from pipelines.plan import detect_format, discover, make_plan
 from pipelines.readers import read_partition
@@ -60,12 +61,14 @@ def test_detect_format() -> None:
     ),
     part=st.integers(1024, 4096),
     blank=st.booleans(),
+    block=st.sampled_from([37, 64, 300, 1 << 20]),
 )
 def test_byte_ranges_read_every_line_once(
-    tmp_path_factory: pytest.TempPathFactory, lines: list[str], part: int, blank: bool
+    tmp_path_factory: pytest.TempPathFactory, lines: list[str], part: int, blank: bool, block: int
 ) -> None:
-    """Cutting a JSONL file into byte ranges at arbitrary points loses and repeats nothing,
-    and each document's offset points at its line."""
+    """Cutting a JSONL file into byte ranges at arbitrary points, and reading it in blocks of
+    any size (plain or gzip), loses and repeats nothing; each document's offset points at its
+    line."""
     d = tmp_path_factory.mktemp("ranges")
     path = d / "c.jsonl"
     body = b""
@@ -79,13 +82,17 @@ def test_byte_ranges_read_every_line_once(
                 body += b"  \n"
             texts.append(text)
     path.write_bytes(body)
+    (d / "c.jsonl.gz").write_bytes(gzip.compress(body))
     config = _config(partition_bytes=part)
     assert len(make_plan(discover([str(path)], config), config).partitions) > 1
-    docs, bad = _read_all([str(path)], config)
-    assert not bad
-    assert [d["id"] for d in docs] == [str(i) for i in range(len(texts))]
-    assert [d["source_offset"] for d in docs] == offsets
-    assert [d["text"] for d in docs] == texts
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(readers, "BLOCK_BYTES", block)
+        for name in ("c.jsonl", "c.jsonl.gz"):
+            docs, bad = _read_all([str(d / name)], config)
+            assert not bad
+            assert [d["id"] for d in docs] == [str(i) for i in range(len(texts))]
+            assert [d["source_offset"] for d in docs] == offsets
+            assert [d["text"] for d in docs] == texts
     assert len({d["_ord"] for d in docs}) == len(docs)
 
 
@@ -155,11 +162,13 @@ def test_huge_single_line_is_quarantined_without_holding_it(tmp_path: Path) -> N
         f.write(b'{"text": "before"}\n')
         f.write(b'{"text": "' + b"y" * (40 * 1024 * 1024) + b'"}\n')
         f.write(b'{"text": "after"}\n')
-    docs, bad = _read_all([str(path)], _config(max_record_bytes=1024 * 1024))
-    assert [d["text"] for d in docs] == ["before", "after"]
-    assert len(bad) == 1 and bad[0]["source_offset"] == 19
-    assert bad[0]["record_bytes"] == 40 * 1024 * 1024 + 12
-    assert len(bad[0]["raw"]) <= 4096
+    (tmp_path / "big.jsonl.gz").write_bytes(gzip.compress(path.read_bytes(), compresslevel=1))
+    for name in ("big.jsonl", "big.jsonl.gz"):
+        docs, bad = _read_all([str(tmp_path / name)], _config(max_record_bytes=1024 * 1024))
+        assert [d["text"] for d in docs] == ["before", "after"], name
+        assert len(bad) == 1 and bad[0]["source_offset"] == 19
+        assert bad[0]["record_bytes"] == 40 * 1024 * 1024 + 12
+        assert len(bad[0]["raw"]) <= 4096
 
 
 def test_globs_and_missing_inputs(tmp_path: Path) -> None:
