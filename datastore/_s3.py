@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import botocore.exceptions as bex
 import pyarrow as pa
 
 from datastore import s3 as s3mod
@@ -74,7 +75,13 @@ class S3Store(ObjectStore):
         rng = f"bytes={start}-{start + length - 1}"
 
         def fetch() -> bytes:
-            return self.client.get_object(Bucket=self.bucket, Key=k, Range=rng)["Body"].read()
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=k, Range=rng)["Body"].read()
+            except bex.ClientError as err:
+                # A range that starts at or past the end: no bytes, as a local read gives.
+                if s3mod.error_code(err) == "InvalidRange":
+                    return b""
+                raise
 
         data: bytes = self._call(fetch, key)
         return data

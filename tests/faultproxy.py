@@ -13,7 +13,8 @@ on new or pooled connections alike.
 * :meth:`drop_next` reads the request and closes without answering;
 * :meth:`drop_response_next` lets the server act on the request but throws its answer away;
 * :meth:`blackhole` accepts connections and never answers;
-* :meth:`cut_upstream_after` resets connections once N bytes went upstream (mid-upload).
+* :meth:`cut_upstream_after` resets connections once N bytes went upstream (mid-upload);
+* :meth:`slowdown_next` answers matching requests with S3's ``503 SlowDown`` (throttling).
 
 Every loop is bounded by a short poll timeout and the proxy's stop event; leaving the ``with``
 block closes every socket and joins every thread.
@@ -34,7 +35,17 @@ from typing import Literal
 
 __all__ = ["FaultProxy"]
 
-Fault = Literal["pass", "delay", "reset", "drop", "drop_response", "blackhole", "cut"]
+Fault = Literal["pass", "delay", "reset", "drop", "drop_response", "blackhole", "cut", "slowdown"]
+_SLOWDOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+_SLOWDOWN = (
+    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+    + f"Content-Length: {len(_SLOWDOWN_BODY)}\r\n".encode()
+    + b"Connection: close\r\n\r\n"
+    + _SLOWDOWN_BODY
+)
 
 _CHUNK = 64 * 1024
 _POLL = 0.05
@@ -106,6 +117,11 @@ class FaultProxy:
     def blackhole(self) -> None:
         """Accept every connection and read from it, but never answer."""
         self._set(_Plan("blackhole"))
+
+    def slowdown_next(self, count: int, match: bytes) -> None:
+        """Answer the next ``count`` requests containing ``match`` with ``503 SlowDown``
+        (without forwarding them), as S3 does when a prefix is over its request rate."""
+        self._set(_Plan("slowdown", count, match=match))
 
     def cut_upstream_after(self, nbytes: int, count: int | None = None) -> None:
         """Reset connections once ``nbytes`` went upstream on them (the next ``count``, or all)."""
@@ -274,6 +290,9 @@ class FaultProxy:
                         return
                     if src is conn:
                         hit = self._consume(data)
+                        if hit.fault == "slowdown":
+                            conn.sendall(_SLOWDOWN)
+                            return
                         if hit.fault in ("reset", "drop"):
                             reset = hit.fault == "reset"
                             return

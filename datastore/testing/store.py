@@ -59,6 +59,8 @@ class StoreConformance:
         store.put("r", bytes(range(100)))
         assert store.get_range("r", 10, 5) == bytes(range(10, 15))
         assert store.get_range("r", 95, 50) == bytes(range(95, 100))
+        assert store.get_range("r", 100, 10) == b""  # at the end: no bytes, not an error
+        assert store.get_range("r", 150, 10) == b""
 
     def test_read_buffer_large_parallel(self, store: ObjectStore) -> None:
         data = bytes(range(256)) * 4096 * 12  # 12 MiB: multipart and parallel ranges on S3

@@ -230,3 +230,25 @@ def test_many_inputs_go_to_a_lineage_object(
     assert len(body) == ref["bytes"] and checksum(body) == ref["checksum"]
     rows = [json.loads(line) for line in zstandard.decompress(body).splitlines()]
     assert sorted(r["uri"].rsplit("/", 1)[1] for r in rows) == [f"part-{i}.jsonl" for i in range(4)]
+
+
+@pytest.mark.s3
+def test_s3_slowdown_backs_off(
+    corpus: tuple[Path, dict[str, Any]], seaweedfs: Any, s3_config: StorageConfig, s3_uri: str
+) -> None:
+    """S3 throttling (503 SlowDown) on listing and reads is retried, not fatal."""
+    from tests.faultproxy import FaultProxy
+
+    root, truth = corpus
+    store = open_store(f"{s3_uri}/raw", s3_config)
+    for p in sorted(root.iterdir()):
+        store.put(p.name, p.read_bytes())
+    with FaultProxy(("127.0.0.1", seaweedfs.ports["s3"])) as proxy:
+        config = s3_config.replace(endpoint_url=proxy.url, backoff_base=0.05, backoff_max=0.2)
+        key = s3_uri.removeprefix("s3://") + "/raw/part-0.jsonl"
+        proxy.slowdown_next(3, match=f"GET /{key}".encode())  # 3 of 4 attempts of a read
+        report = ingest(
+            [f"{s3_uri}/raw/"], f"{s3_uri}/clean", _no_filters(fast_config()), storage=config
+        )
+        assert proxy.faulted == 3
+    assert report.docs_in == truth["total"]
