@@ -45,6 +45,8 @@ import pyarrow.compute as pc
 import xxhash
 from numpy.typing import NDArray
 
+from pipelines.stages._tables import cached_table
+
 __all__ = [
     "band_keys",
     "collision_probability",
@@ -100,12 +102,17 @@ def _mix64(x: U64) -> U64:
 
 @functools.cache
 def _word_char_table() -> NDArray[np.bool_]:
-    """Which code points are word characters (Unicode categories L, M, N); ~0.1 s once per
-    process, 1.1 MB. The 128 ASCII entries double as the per-byte table."""
-    cat = unicodedata.category
-    return np.fromiter(
-        (cat(chr(c))[0] in "LMN" for c in range(0x110000)), dtype=np.bool_, count=0x110000
-    )
+    """Which code points are word characters (Unicode categories L, M, N); 1.1 MB, built once
+    per machine (see :mod:`pipelines.stages._tables`). The 128 ASCII entries double as the
+    per-byte table."""
+
+    def build() -> NDArray[np.bool_]:
+        cat = unicodedata.category
+        return np.fromiter(
+            (cat(chr(c))[0] in "LMN" for c in range(0x110000)), dtype=np.bool_, count=0x110000
+        )
+
+    return cached_table("word-chars", 1, build).astype(np.bool_, copy=False)
 
 
 def _string_chunks(texts: pa.Array | pa.ChunkedArray) -> list[pa.Array]:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from datastore.errors import InvalidInput
 from pipelines.config import NormalizeConfig
+from pipelines.stages._tables import cached_table
 from pipelines.stages.base import Stage, StageOutput, drop_table
 
 __all__ = [
@@ -215,13 +216,18 @@ C1_CONTROL = 4  # U+0080-U+009F
 @functools.cache
 def char_classes() -> U8:
     """Flags per code point (``NFC_UNSTABLE``, ``SPACE``, ``C1_CONTROL``), from Python's
-    :mod:`unicodedata`; built once per process (about a third of a second).
+    :mod:`unicodedata`; built once per machine (about a third of a second; see
+    :mod:`pipelines.stages._tables`).
 
     ``NFC_UNSTABLE`` marks what the NFC quick check does not answer "yes" for: combining marks
     (canonical combining class > 0), characters NFC replaces, characters that can be the second
     half of a canonical composition, and code points unassigned in Python's Unicode version
     (a newer utf8proc may know them). Text without any of these is already NFC.
     """
+    return cached_table("char-classes", 1, _build_char_classes).astype(np.uint8, copy=False)
+
+
+def _build_char_classes() -> U8:
     table = np.zeros(0x110000, dtype=np.uint8)
     spaces = [0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
     table[spaces] |= SPACE
@@ -240,7 +246,6 @@ def char_classes() -> U8:
                 unstable.append(int(parts[1], 16))
     table[unstable] |= NFC_UNSTABLE
     table[0xD800:0xE000] = 0  # surrogates never occur in valid UTF-8
-    table.flags.writeable = False  # shared by every caller
     return table
 
 
