@@ -665,7 +665,8 @@ class Case:
 
 
 class TreeSampler(threading.Thread):
-    """Samples a process tree: peak RSS and CPU seconds between the child's start/stop marks."""
+    """Samples a process tree: peak RSS and CPU seconds between the child's start/stop marks
+    (sampling ends at the stop mark, so the child's read-back of the results is not counted)."""
 
     def __init__(self, pid: int, scratch: Path, interval: float = 0.05) -> None:
         super().__init__(daemon=True)
@@ -689,6 +690,8 @@ class TreeSampler(threading.Thread):
                 self.cpu_start = dict(self.cpu_last)
             if self.started and not self.stopped and (self.scratch / "stop").exists():
                 self.stopped = True
+            if self.stopped:  # CPU and RSS after the stop mark (the read-back) do not count
+                break
             try:
                 procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:

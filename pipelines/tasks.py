@@ -10,6 +10,7 @@ its completion marker and returns what it recorded, so a rerun redoes only unfin
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -437,8 +438,17 @@ def _segment_rows(
 
 
 def _read_shard(store: Any, info: ShardInfo, ctx: JobContext, columns: list[str] | None) -> Any:
+    """A candidate shard (the ``columns`` asked for). Local files are memory-mapped, so asking
+    for the ids of an Arrow IPC shard does not read its text."""
     import pyarrow.parquet as pq
 
+    if store.location.scheme == "file":
+        path = os.path.join(store.location.path, info.path)
+        if info.path.endswith(".parquet"):
+            return pq.read_table(path, columns=columns, memory_map=True)
+        with pa.memory_map(path) as source:
+            table = pa.ipc.open_file(source).read_all()
+        return table.select(columns) if columns else table
     buf = store.read_buffer(info.path, info.bytes)
     if info.path.endswith(".parquet"):
         return pq.read_table(pa.BufferReader(buf), columns=columns)

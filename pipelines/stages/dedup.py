@@ -23,10 +23,10 @@ import pyarrow as pa
 import xxhash
 from numpy.typing import ArrayLike, NDArray
 
+from pipelines.stages._hashing import mix64
 from pipelines.stages.minhash import (
     _K,
     MiB,
-    _mix64,
     _offsets_and_data,
     _string_chunks,
     band_keys,
@@ -110,9 +110,9 @@ def duplicate_edges(keys: ArrayLike, ords: ArrayLike) -> tuple[U64, U64]:
         return none
     # rows whose combined key (mixed, so its top bits are uniform) occurs more than once: a
     # superset of the rows in groups, found with a value sort and a bitmap of the top bits
-    combined = _mix64(columns[0].astype(np.uint64))
+    combined = mix64(columns[0].astype(np.uint64))
     for column in columns[1:]:
-        combined = _mix64(combined * _K ^ column.astype(np.uint64))
+        combined = mix64(combined * _K ^ column.astype(np.uint64))
     values = np.sort(combined)
     repeats = values[1:] == values[:-1]
     n_repeats = int(np.count_nonzero(repeats))

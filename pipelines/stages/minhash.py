@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 import xxhash
 from numpy.typing import NDArray
 
+from pipelines.stages._hashing import check_shingle_sets, mix64
 from pipelines.stages._tables import cached_table
 
 __all__ = [
@@ -88,16 +89,6 @@ def _constants(count: int, seed: int) -> U64:
         state, z = _splitmix64(state)
         out.append(z | 1)
     return np.array(out, dtype=np.uint64)
-
-
-def _mix64(x: U64) -> U64:
-    """The splitmix64 finalizer (a bijection of uint64), applied in place; returns ``x``."""
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
 
 
 @functools.cache
@@ -220,7 +211,7 @@ def _word_hashes(data: NDArray[np.uint8], starts: I64, ends: I64) -> U64:
     h = blocks[starts].astype(np.uint64)
     h &= _byte_mask(lens)
     h ^= lens.astype(np.uint64) * _K
-    _mix64(h)
+    mix64(h)
     sub = np.flatnonzero(lens > 8)
     k = 1
     while sub.size and 8 * k < _LONG_WORD:
@@ -228,7 +219,7 @@ def _word_hashes(data: NDArray[np.uint8], starts: I64, ends: I64) -> U64:
         block = blocks[starts[sub] + 8 * k].astype(np.uint64)
         block &= _byte_mask(rest)
         block ^= h[sub]
-        h[sub] = _mix64(block)
+        h[sub] = mix64(block)
         sub = sub[rest > 8]
         k += 1
     if sub.size:
@@ -274,7 +265,7 @@ def _ngram_hashes(words: U64, word_offsets: I64, ngram: int) -> tuple[U64, I64]:
         acc[first] = sacc
         valid[first] = True
     shingle_counts = np.where(counts >= ngram, counts - ngram + 1, np.minimum(counts, 1))
-    return _mix64(acc[valid]), shingle_counts.astype(np.int64)
+    return mix64(acc[valid]), shingle_counts.astype(np.int64)
 
 
 def shingle_hashes(
@@ -401,12 +392,12 @@ def band_keys(signatures: NDArray[np.uint32], bands: int, rows: int) -> U64:
         )
     n = sig.shape[0]
     cube = sig[:, : bands * rows].reshape(n, bands, rows)
-    salt = _mix64(np.arange(bands, dtype=np.uint64) * _K + _K)
+    salt = mix64(np.arange(bands, dtype=np.uint64) * _K + _K)
     keys = np.empty((n, bands), np.uint64)
     keys[:] = salt
     for k in range(rows):
         keys ^= cube[:, :, k].astype(np.uint64)
-        _mix64(keys)
+        mix64(keys)
     return keys
 
 
