@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 InputFormat = Literal["jsonl", "parquet", "csv", "text"]
+#: Fuzzy dedup's signature algorithms (:func:`pipelines.stages.minhash.minhash_signatures`).
+SignatureAlgorithm = Literal["minhash", "oph"]
 MiB = 1024 * 1024
 
 
@@ -139,6 +141,13 @@ class FuzzyDedupConfig:
     ``jaccard_threshold``, which removes the false positives LSH lets through. ``buckets`` is the
     number of spill buckets the signatures are shuffled into (None: chosen from the corpus size),
     which bounds the memory of each bucket task.
+
+    ``algorithm`` computes the signatures: ``"oph"`` (the default), one-permutation hashing
+    with optimal densification, hashes each shingle once; ``"minhash"``, classic MinHash,
+    ``bands * rows`` times. At 120 permutations OPH signatures are about 13x faster (shingles
+    and signatures together about 2.3x) with the same recall of near duplicates and the same
+    rate of near misses becoming candidates, within noise, on our benchmarks. The two give
+    different signatures (see :mod:`pipelines.stages.oph`); OPH needs ``bands * rows <= 4096``.
     """
 
     enabled: bool = True
@@ -149,6 +158,7 @@ class FuzzyDedupConfig:
     verify_jaccard: bool = False
     jaccard_threshold: float = 0.8
     buckets: int | None = None
+    algorithm: SignatureAlgorithm = "oph"
 
 
 @dataclass(frozen=True)
@@ -283,6 +293,11 @@ class IngestConfig:
                 raise InvalidInput(f"{where}: dedup.fuzzy.{key} must be at least 1")
         if not 0.0 < fz.jaccard_threshold <= 1.0:
             raise InvalidInput(f"{where}: dedup.fuzzy.jaccard_threshold must be in (0, 1]")
+        if fz.algorithm == "oph" and fz.bands * fz.rows > 4096:  # pipelines.stages.oph.MAX_BINS
+            raise InvalidInput(
+                f"{where}: dedup.fuzzy.bands * rows must be at most 4096 with algorithm 'oph', "
+                f"not {fz.bands * fz.rows}; use algorithm = 'minhash' or fewer bands or rows"
+            )
         if fz.buckets is not None and fz.buckets < 1:
             raise InvalidInput(f"{where}: dedup.fuzzy.buckets must be at least 1")
         if self.input.partition_bytes < 1024:

@@ -323,7 +323,9 @@ def _signatures(ctx: JobContext, text: pa.ChunkedArray, ords: np.ndarray) -> pa.
     fz = cfg.fuzzy_dedup
     if fz.enabled:
         flat, offsets = dd.shingle_hashes(text, fz.ngram)
-        sig = dd.minhash_signatures(flat, offsets, fz.bands * fz.rows, fz.seed)
+        sig = dd.minhash_signatures(
+            flat, offsets, fz.bands * fz.rows, fz.seed, algorithm=fz.algorithm
+        )
         keys = dd.band_keys(sig, fz.bands, fz.rows)
         has = np.diff(offsets) > 0  # documents without shingles never match
         keys, ords_b = keys[has], ords[has]

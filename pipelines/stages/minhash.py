@@ -25,7 +25,9 @@ input and the parameters: not on the batch a document comes in, the process, the
   ``2i+1``-th raw outputs of ``numpy.random.PCG64(seed)`` (``a_i`` forced odd). Raw bit
   generator output is stable across numpy versions, unlike ``Generator`` methods, and a
   longer signature extends a shorter one (the first ``k`` permutations do not depend on
-  ``num_perm``).
+  ``num_perm``). That is the ``"minhash"`` algorithm of :func:`minhash_signatures`; its
+  ``"oph"`` (one-permutation hashing, defined in :mod:`pipelines.stages.oph`) hashes each
+  shingle once instead of ``num_perm`` times, for signatures of about the same accuracy.
 
 LSH: two documents become candidates when one of their ``bands`` band keys (a hash of ``rows``
 consecutive signature values) agree, which happens with probability
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import unicodedata
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -47,8 +50,11 @@ from numpy.typing import NDArray
 
 from pipelines.stages._hashing import check_shingle_sets, mix64
 from pipelines.stages._tables import cached_table
+from pipelines.stages.oph import DEFAULT_CHUNK_BYTES as OPH_CHUNK_BYTES
+from pipelines.stages.oph import oph_signatures
 
 __all__ = [
+    "Algorithm",
     "band_keys",
     "collision_probability",
     "empty_signatures",
@@ -59,13 +65,15 @@ __all__ = [
 
 U64 = NDArray[np.uint64]
 I64 = NDArray[np.int64]
+#: The signature algorithms :func:`minhash_signatures` knows.
+Algorithm = Literal["minhash", "oph"]
 
 MiB = 1024 * 1024
 _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 _K = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio; salts lengths and bands
 _NGRAM_STATE = 0x5348494E474C45  # splitmix64 state of the n-gram multipliers
 _LONG_WORD = 32  # bytes; longer words are hashed with xxh3_64, one call each (they are rare)
-#: Rows of the largest temporary of :func:`minhash_signatures` are sized to this by default;
+#: Rows of the largest temporary of classic MinHash are sized to this by default;
 #: the fastest size measured (1 MiB chunks are ~30% slower, 16 MiB ones no faster).
 DEFAULT_CHUNK_BYTES = 4 * MiB
 #: Texts are tokenized in groups of about this many bytes (a longer document is one group).
@@ -319,28 +327,42 @@ def minhash_signatures(
     num_perm: int,
     seed: int,
     *,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    algorithm: Algorithm = "minhash",
+    chunk_bytes: int | None = None,
 ) -> NDArray[np.uint32]:
-    """MinHash signatures, shape ``(n_docs, num_perm)`` uint32, of the shingle sets
-    ``hashes[offsets[d]:offsets[d + 1]]`` (as from :func:`shingle_hashes`).
+    """Signatures, shape ``(n_docs, num_perm)`` uint32, of the shingle sets
+    ``hashes[offsets[d]:offsets[d + 1]]`` (as from :func:`shingle_hashes`), by ``algorithm``:
+    ``"minhash"`` (see the module docstring) or ``"oph"``, one-permutation hashing with optimal
+    densification (:mod:`pipelines.stages.oph`), which hashes each shingle once instead of
+    ``num_perm`` times and is about as accurate; the two give different signatures.
 
     uint32 values halve the memory and spill size of uint64 ones at no cost in accuracy that
     matters: two different minima agree by chance with probability 2**-32. A document with no
     shingles gets the all-``0xFFFFFFFF`` signature (see :func:`empty_signatures`).
 
-    Shingles are processed in chunks whose ``(num_perm, rows)`` uint64 temporary holds at most
-    ``chunk_bytes`` (or one row); documents spanning chunks are merged with ``np.minimum``, so
-    the chunk size changes the speed, never the result. Raises ValueError for ``num_perm < 1``
-    or offsets that do not fit ``hashes``.
+    ``chunk_bytes`` bounds the largest temporaries (None: each algorithm's tested default) and
+    changes the speed, never the result. Raises ValueError for an unknown ``algorithm``,
+    ``num_perm < 1`` (``"oph"``: or above ``MAX_BINS`` = 4096) or offsets that do not fit
+    ``hashes``.
     """
+    try:
+        compute, default_chunk_bytes = _ALGORITHMS[algorithm]
+    except KeyError:
+        raise ValueError(
+            f"unknown signature algorithm {algorithm!r}; expected one of {', '.join(_ALGORITHMS)}"
+        ) from None
+    return compute(hashes, offsets, num_perm, seed, chunk_bytes=chunk_bytes or default_chunk_bytes)
+
+
+def _classic_signatures(
+    hashes: U64, offsets: I64, num_perm: int, seed: int, *, chunk_bytes: int
+) -> NDArray[np.uint32]:
+    """MinHash: ``num_perm`` passes over the shingles. Shingles are processed in chunks whose
+    ``(num_perm, rows)`` uint64 temporary holds at most ``chunk_bytes`` (or one row); documents
+    spanning chunks are merged with ``np.minimum``."""
     if num_perm < 1:
         raise ValueError(f"num_perm must be at least 1, not {num_perm}")
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != hashes.size:
-        raise ValueError("offsets must be 1-D, start at 0 and end at len(hashes)")
-    if np.any(np.diff(offsets) < 0):
-        raise ValueError("offsets must be non-decreasing")
+    hashes, offsets = check_shingle_sets(hashes, offsets)
     n_docs = offsets.size - 1
     a, b = _permutations(num_perm, seed)
     a_col, b_col = a[:, None], b[:, None]
@@ -365,6 +387,13 @@ def minhash_signatures(
         mins32 = mins.T.astype(np.uint32)
         out[docs] = np.minimum(out[docs], mins32)
     return out
+
+
+#: Each algorithm's function and default ``chunk_bytes`` (the fastest measured).
+_ALGORITHMS = {
+    "minhash": (_classic_signatures, DEFAULT_CHUNK_BYTES),
+    "oph": (oph_signatures, OPH_CHUNK_BYTES),
+}
 
 
 def empty_signatures(signatures: NDArray[np.uint32]) -> NDArray[np.bool_]:

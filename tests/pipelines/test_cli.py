@@ -93,6 +93,11 @@ def test_json_report_and_explain(tmp_path: Path) -> None:
     [
         (["--set", "filters.min_wrds=3"], ["unknown config key 'filters.min_wrds'"]),
         (["--set", "dedup.fuzzy.bands=0"], ["dedup.fuzzy.bands must be at least 1"]),
+        (["--set", "dedup.fuzzy.algorithm=lsh"], ["algorithm must be one of 'minhash', 'oph'"]),
+        (
+            ["--set", "dedup.fuzzy.bands=700", "--set", "dedup.fuzzy.rows=6"],
+            ["bands * rows must be at most 4096 with algorithm 'oph', not 4200"],
+        ),
         (["-c", "/nonexistent/p.toml"], ["cannot read pipeline config /nonexistent/p.toml"]),
         (["--max-errors", "-1"], ["errors.max_errors must not be negative"]),
     ],

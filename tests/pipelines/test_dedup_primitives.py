@@ -7,6 +7,7 @@ of any hash, of the tokenizer or of the permutations shows up as a failure.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -25,6 +26,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipelines.stages import oph
 from pipelines.stages.dedup import (
     band_keys,
     collision_probability,
@@ -39,11 +41,13 @@ from pipelines.stages.dedup import (
     text_hashes,
     unique_shingles,
 )
+from pipelines.stages.minhash import Algorithm
 
 M64 = 0xFFFFFFFFFFFFFFFF
 K = 0x9E3779B97F4A7C15
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = settings(max_examples=60, deadline=None)
+ALGORITHMS: list[Algorithm] = ["minhash", "oph"]
 
 # --------------------------------------------------------------------------- references
 
@@ -111,6 +115,36 @@ def ref_signature(shingles: list[int], num_perm: int, seed: int) -> list[int]:
         min((((raw[2 * i] | 1) * x + raw[2 * i + 1]) & M64) >> 32 for x in shingles)
         for i in range(num_perm)
     ]
+
+
+@functools.cache
+def ref_bin_orders(k: int, c: int) -> list[list[int]]:
+    """Each bin's order of the bins: itself, then the others by increasing priority."""
+    return [
+        [i, *sorted((j for j in range(k) if j != i), key=lambda j: ref_mix(c ^ (i << 32 | j)))]
+        for i in range(k)
+    ]
+
+
+def ref_oph(shingles: list[int], k: int, seed: int) -> list[int]:
+    raw = np.random.PCG64(np.random.SeedSequence([seed, 0x4F5048])).random_raw(3)
+    a, b, c = int(raw[0]) | 1, int(raw[1]), int(raw[2])
+    if not shingles:
+        return [0xFFFFFFFF] * k
+    bins: dict[int, int] = {}
+    for x in shingles:
+        h = ref_mix((a * x + b) & M64)
+        i = (h >> 32) * k >> 32
+        bins[i] = min(bins.get(i, 1 << 32), h & 0xFFFFFFFF)
+    return [next(bins[j] for j in order if j in bins) for order in ref_bin_orders(k, c)]
+
+
+def ref_signatures(
+    shingles: list[int], num_perm: int, seed: int, algorithm: Algorithm
+) -> list[int]:
+    if algorithm == "oph":
+        return ref_oph(shingles, num_perm, seed)
+    return ref_signature(shingles, num_perm, seed)
 
 
 def flat(docs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -198,11 +232,12 @@ def test_shingles_do_not_depend_on_batching(texts: list[str], cut: int) -> None:
         assert (hashes == whole[0]).all() and (offsets == whole[1]).all()
 
 
-def test_short_and_empty_documents() -> None:
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_short_and_empty_documents(algorithm: Algorithm) -> None:
     texts = ["", "   ", "!!! ...", "one", "a b", "b a", "A, B!", "a b c d e", "a b c d e f"]
     hashes, offsets = shingle_hashes(pa.array(texts), 5)
     assert np.diff(offsets).tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 2]
-    sig = minhash_signatures(hashes, offsets, 16, 1)
+    sig = minhash_signatures(hashes, offsets, 16, 1, algorithm=algorithm)
     assert empty_signatures(sig).tolist() == [True] * 3 + [False] * 6
     assert (sig[:3] == 0xFFFFFFFF).all()
     assert (sig[4] == sig[6]).all()  # case and punctuation do not matter
@@ -210,12 +245,16 @@ def test_short_and_empty_documents() -> None:
     assert not (sig[4] == sig[7]).all()  # a short doc is not a prefix n-gram of a longer one
 
 
-def test_signatures_follow_the_documented_definition() -> None:
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("num_perm", [1, 24])
+def test_signatures_follow_the_documented_definition(algorithm: Algorithm, num_perm: int) -> None:
     hashes, offsets = shingle_hashes(pa.array(TEXTS), 2)
-    sig = minhash_signatures(hashes, offsets, 24, 7)
-    assert sig.dtype == np.uint32 and sig.shape == (len(TEXTS), 24)
-    expected = [ref_signature(ref_shingles(t, 2), 24, 7) for t in TEXTS]
+    sig = minhash_signatures(hashes, offsets, num_perm, 7, algorithm=algorithm)
+    assert sig.dtype == np.uint32 and sig.shape == (len(TEXTS), num_perm)
+    expected = [ref_signatures(ref_shingles(t, 2), num_perm, 7, algorithm) for t in TEXTS]
     assert sig.tolist() == expected
+    other_seed = minhash_signatures(hashes, offsets, num_perm, 8, algorithm=algorithm)
+    assert not (other_seed == sig)[~empty_signatures(sig)].all()
 
 
 @SETTINGS
@@ -224,15 +263,44 @@ def test_signatures_follow_the_documented_definition() -> None:
     rows=st.integers(1, 50),
     num_perm=st.integers(1, 20),
 )
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_chunking_gives_the_same_signatures(
-    docs: list[list[int]], rows: int, num_perm: int
+    algorithm: Algorithm, docs: list[list[int]], rows: int, num_perm: int
 ) -> None:
+    def sig(chunk_bytes: int) -> np.ndarray:
+        return minhash_signatures(
+            hashes,
+            offsets,
+            num_perm,
+            3,
+            algorithm=algorithm,
+            chunk_bytes=chunk_bytes,
+        )
+
     hashes, offsets = flat(docs)
-    one_chunk = minhash_signatures(hashes, offsets, num_perm, 3, chunk_bytes=1 << 30)
-    chunked = minhash_signatures(hashes, offsets, num_perm, 3, chunk_bytes=8 * num_perm * rows)
-    tiny = minhash_signatures(hashes, offsets, num_perm, 3, chunk_bytes=1)
-    assert (one_chunk == chunked).all() and (one_chunk == tiny).all()
-    assert one_chunk.tolist() == [ref_signature(d, num_perm, 3) for d in docs]
+    one_chunk = sig(1 << 30)
+    assert (one_chunk == sig(8 * num_perm * rows)).all()
+    assert (one_chunk == sig(8 * rows)).all()
+    assert (one_chunk == sig(1)).all()
+    assert one_chunk.tolist() == [ref_signatures(d, num_perm, 3, algorithm) for d in docs]
+
+
+@pytest.mark.parametrize("num_perm", [2, 64, 300])
+def test_oph_densification_ways_agree(num_perm: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty bins are filled by comparing ranks (few non-empty bins), by probing (many) and
+    by comparing ranks after the probes: however the work is split, the result is the same.
+    300 bins use 2-byte order tables."""
+    rng = np.random.default_rng(num_perm)
+    sizes = [0, 1, 2, 3, 5, 8, 12, 20, 40, 80, 150, 400, 1500, 0]
+    docs = [rng.integers(0, 2**63, size=int(n)).tolist() for n in sizes]
+    hashes, offsets = flat(docs)
+    results = []
+    for probes, small in [(32, 3.0), (0, 0.0), (0, 1e9), (1, 0.0), (1000, 0.0), (4, 1.0)]:
+        monkeypatch.setattr(oph, "_PROBES", probes)
+        monkeypatch.setattr(oph, "_SMALL", small)
+        results.append(oph.oph_signatures(hashes, offsets, num_perm, 5))
+    assert all((r == results[0]).all() for r in results)
+    assert results[0].tolist() == [ref_oph(d, num_perm, 5) for d in docs]
 
 
 def test_longer_signatures_extend_shorter_ones() -> None:
@@ -243,15 +311,24 @@ def test_longer_signatures_extend_shorter_ones() -> None:
     assert not (minhash_signatures(hashes, offsets, 40, 12) == short).all()
 
 
-def test_signature_input_validation() -> None:
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_signature_input_validation(algorithm: Algorithm) -> None:
+    def sig(hashes: np.ndarray, offsets: np.ndarray, num_perm: int) -> np.ndarray:
+        return minhash_signatures(hashes, offsets, num_perm, 1, algorithm=algorithm)
+
     hashes, offsets = flat([[1, 2], [3]])
     with pytest.raises(ValueError):
-        minhash_signatures(hashes, offsets, 0, 1)
+        sig(hashes, offsets, 0)
     with pytest.raises(ValueError):
-        minhash_signatures(hashes, offsets[:-1], 8, 1)
+        sig(hashes, offsets[:-1], 8)
     with pytest.raises(ValueError):
-        minhash_signatures(hashes, np.array([0, 2, 1, 3]), 8, 1)
-    assert minhash_signatures(np.zeros(0, np.uint64), np.zeros(1, np.int64), 8, 1).shape == (0, 8)
+        sig(hashes, np.array([0, 2, 1, 3]), 8)
+    assert sig(np.zeros(0, np.uint64), np.zeros(1, np.int64), 8).shape == (0, 8)
+    assert (sig(np.zeros(0, np.uint64), np.zeros(3, np.int64), 8) == 0xFFFFFFFF).all()
+    with pytest.raises(ValueError, match="unknown signature algorithm 'lsh'"):
+        minhash_signatures(hashes, offsets, 8, 1, algorithm="lsh")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_perm must be in"):
+        minhash_signatures(hashes, offsets, oph.MAX_BINS + 1, 1, algorithm="oph")
 
 
 def _pair_with_jaccard(
@@ -263,23 +340,48 @@ def _pair_with_jaccard(
     return values[: common + only_a], values[:common] + values[common + only_a :]
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("union", [20, 40, 400])
 @pytest.mark.parametrize("j", [0.2, 0.5, 0.8, 0.95])
-def test_agreement_estimates_jaccard(j: float) -> None:
+def test_agreement_estimates_jaccard(j: float, union: int, algorithm: Algorithm) -> None:
     """The fraction of equal signature values is an unbiased estimate of Jaccard similarity:
-    the mean over 50 pairs must be within 0.025 (about 4 standard errors at num_perm=128)."""
-    rng = np.random.default_rng(int(j * 100))
+    the mean over 50 pairs must be within 0.025 (about 4 standard errors at num_perm=128), and
+    its spread close to MinHash's binomial one. Sets of 10 to 40 shingles leave most OPH bins
+    empty, so there the estimate rests on densification."""
+    rng = np.random.default_rng(int(j * 100) + union)
     docs = []
     for _ in range(50):
-        a, b = _pair_with_jaccard(rng, j, 400)
+        a, b = _pair_with_jaccard(rng, j, union)
         assert len(set(a) & set(b)) / len(set(a) | set(b)) == pytest.approx(j, abs=0.003)
         docs += [a, b]
-    sig = minhash_signatures(*flat(docs), 128, 1)
+    sig = minhash_signatures(*flat(docs), 128, 1, algorithm=algorithm)
     agreement = (sig[0::2] == sig[1::2]).mean(axis=1)
     assert abs(agreement.mean() - j) < 0.025
     assert np.abs(agreement - j).max() < 0.2  # each pair within ~5 standard errors
+    binomial_sd = np.sqrt(j * (1 - j) / 128)
+    assert np.sqrt(np.mean((agreement - j) ** 2)) < 1.5 * binomial_sd
 
 
-def test_agreement_estimates_jaccard_of_texts() -> None:
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("union", [20, 400])
+@pytest.mark.parametrize("j", [0.5, 0.7])
+def test_band_collisions_follow_the_s_curve(j: float, union: int, algorithm: Algorithm) -> None:
+    """Pairs of Jaccard ``j`` share a band key (20 bands of 6 rows) about as often as
+    :func:`collision_probability` says (4 standard errors over 400 pairs): positions of a
+    small set's OPH signature copy the same few bins, yet bands stay nearly independent."""
+    rng = np.random.default_rng(union + int(j * 10))
+    docs = []
+    for _ in range(400):
+        docs += _pair_with_jaccard(rng, j, union)
+    sig = minhash_signatures(*flat(docs), 120, 1, algorithm=algorithm)
+    keys = band_keys(sig, 20, 6)
+    rate = (keys[0::2] == keys[1::2]).any(axis=1).mean()
+    p = collision_probability(j, 20, 6)
+    assert abs(rate - p) < 4 * np.sqrt(p * (1 - p) / 400)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_agreement_estimates_jaccard_of_texts(algorithm: Algorithm) -> None:
     """Edited copies of texts: the signature estimate tracks the true shingle Jaccard."""
     rng = np.random.default_rng(5)
     vocab = [f"w{i}" for i in range(3000)]
@@ -291,7 +393,7 @@ def test_agreement_estimates_jaccard_of_texts() -> None:
             edited[pos] = "changed"
         texts += [" ".join(words), " ".join(edited)]
     hashes, offsets = shingle_hashes(pa.array(texts), 5)
-    sig = minhash_signatures(hashes, offsets, 128, 1)
+    sig = minhash_signatures(hashes, offsets, 128, 1, algorithm=algorithm)
     left, right = np.arange(0, 80, 2), np.arange(1, 80, 2)
     true = pairwise_jaccard(hashes, offsets, left, right)
     estimate = (sig[left] == sig[right]).mean(axis=1)
@@ -300,10 +402,11 @@ def test_agreement_estimates_jaccard_of_texts() -> None:
     assert np.abs(estimate - true).max() < 0.2
 
 
-def test_identical_texts_have_identical_signatures_and_band_keys() -> None:
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_identical_texts_have_identical_signatures_and_band_keys(algorithm: Algorithm) -> None:
     texts = [TEXTS[5], TEXTS[7], TEXTS[5], TEXTS[7] + "!", TEXTS[7].upper(), "other words entirely"]
     hashes, offsets = shingle_hashes(pa.array(texts), 5)
-    sig = minhash_signatures(hashes, offsets, 120, 1)
+    sig = minhash_signatures(hashes, offsets, 120, 1, algorithm=algorithm)
     keys = band_keys(sig, 20, 6)
     assert keys.shape == (6, 20) and keys.dtype == np.uint64
     for a, b in [(0, 2), (1, 3), (1, 4)]:
@@ -345,7 +448,8 @@ def test_results_do_not_depend_on_the_process() -> None:
         texts = pa.array({TEXTS!r})
         h, o = shingle_hashes(texts, 3)
         sig = minhash_signatures(h, o, 60, 42)
-        parts = [*text_hashes(texts), h, o, sig, band_keys(sig, 10, 6)]
+        oph = minhash_signatures(h, o, 60, 42, algorithm="oph")
+        parts = [*text_hashes(texts), h, o, sig, band_keys(sig, 10, 6), oph]
         print(hashlib.sha256(b"".join(p.tobytes() for p in parts)).hexdigest())
         """
     )
@@ -359,7 +463,8 @@ def test_results_do_not_depend_on_the_process() -> None:
     texts = pa.array(TEXTS)
     h, o = shingle_hashes(texts, 3)
     sig = minhash_signatures(h, o, 60, 42)
-    parts = [*text_hashes(texts), h, o, sig, band_keys(sig, 10, 6)]
+    oph_sig = minhash_signatures(h, o, 60, 42, algorithm="oph")
+    parts = [*text_hashes(texts), h, o, sig, band_keys(sig, 10, 6), oph_sig]
     digests.add(hashlib.sha256(b"".join(p.tobytes() for p in parts)).hexdigest())
     assert len(digests) == 1
 
