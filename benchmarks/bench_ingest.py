@@ -436,13 +436,15 @@ def run_rensa(work: str, path: Path, out: Path, scratch: Path, mode: str) -> dic
     return {}
 
 
-def ours_config(work: str, verify: bool = False) -> Any:
+def ours_config(work: str, verify: bool = False, algorithm: str | None = None) -> Any:
     """Our IngestConfig for a work: (a) normalize + filters (defaults = the Gopher rules
     above), no dedup; (q) the same with the repetition rules off
     (`FilterConfig(max_duplicate_line_fraction=None, max_duplicate_line_char_fraction=None,
     top_ngram_char_fraction={}, duplicate_ngram_char_fraction={})`); (b) exact dedup only;
-    (c) fuzzy dedup only (defaults: 5-grams, 20 x 6, seed 1; ``verify``: verify_jaccard=True,
-    threshold 0.8). One LocalCluster worker."""
+    (c) fuzzy dedup only (defaults: 5-grams, 20 x 6, seed 1, signatures by one-permutation
+    hashing with optimal densification, ``algorithm="oph"``; ``verify``: verify_jaccard=True,
+    threshold 0.8; ``algorithm="minhash"``: classic MinHash, 120 hashes per shingle, as the
+    peers compute it). One LocalCluster worker."""
     from pipelines.config import (
         ExactDedupConfig,
         ExecutionConfig,
@@ -464,12 +466,18 @@ def ours_config(work: str, verify: bool = False) -> Any:
         normalize=NormalizeConfig(enabled=work in ("q", "a")),
         filters=filters,
         exact_dedup=ExactDedupConfig(enabled=work == "b"),
-        fuzzy_dedup=FuzzyDedupConfig(enabled=work == "c", verify_jaccard=verify),
+        fuzzy_dedup=FuzzyDedupConfig(
+            enabled=work == "c",
+            verify_jaccard=verify,
+            **({"algorithm": algorithm} if algorithm else {}),
+        ),
         execution=ExecutionConfig(workers=1, progress=False),
     )
 
 
-def run_ours(work: str, path: Path, out: Path, scratch: Path, verify: bool) -> dict[str, Any]:
+def run_ours(
+    work: str, path: Path, out: Path, scratch: Path, verify: bool, algorithm: str | None = None
+) -> dict[str, Any]:
     """Ours: ``pipelines.ingest([corpus], out, config=ours_config(work, verify))``, the Dask
     LocalCluster (1 worker process) started and stopped inside the timed call."""
     import pipelines
@@ -480,7 +488,8 @@ def run_ours(work: str, path: Path, out: Path, scratch: Path, verify: bool) -> d
     def echo(msg: str) -> None:  # "ingest: ..." just before the cluster starts, "dask: ..." after
         marks.setdefault(msg.split(":", 1)[0], time.perf_counter() - t0)
 
-    report = pipelines.ingest([str(path)], str(out), config=ours_config(work, verify), echo=echo)
+    config = ours_config(work, verify, algorithm)
+    report = pipelines.ingest([str(path)], str(out), config=config, echo=echo)
     info: dict[str, Any] = {"report": report.to_dict()}
     if "ingest" in marks and "dask" in marks:
         info["cluster_start"] = marks["dask"] - marks["ingest"]
@@ -530,6 +539,15 @@ IMPLS: dict[str, Impl] = {
             ("c",),
             run_ours,
             {"verify": True},
+            OURS_MODS,
+        ),
+        Impl(
+            "ours-minhash",
+            "ours, classic MinHash (algorithm=minhash)",
+            "ours",
+            ("c",),
+            run_ours,
+            {"verify": False, "algorithm": "minhash"},
             OURS_MODS,
         ),
         Impl("floor", "pyarrow floor (read_json + write_table)", "floor", ("q", "a"), run_floor),
@@ -662,6 +680,17 @@ class Case:
     error: str | None = None
     warning: str | None = None
     cluster_start: float | None = None  # ours: LocalCluster + Client start-up, seconds
+    set_aside: list[str] = field(default_factory=list)  # runs on a shared core, run again
+
+
+def shared_core(case: Case) -> float | None:
+    """wall / CPU of the case's last run when another process evidently shared its core (wall
+    over CPU by more than 15% and 0.5 s: every implementation here keeps its one core busy, so
+    an undisturbed run's CPU time is within a few % of its wall time), else None."""
+    wall, cpu = case.walls[-1], case.cpu[-1]
+    if cpu > 0 and wall > 1.15 * cpu and wall - cpu > 0.5:
+        return wall / cpu
+    return None
 
 
 class TreeSampler(threading.Thread):
@@ -786,7 +815,7 @@ def run_case(case: Case, cpu: int, workdir: Path, keep: bool, timeout: float) ->
 # Plans: corpus key -> (kind, default size, {work: implementations}).
 A_ALL = ("floor", "hf", "datatrove", "ours")  # works q and a
 B_ALL = ("hf", "datatrove", "ours")
-C_ALL = ("datatrove", "datasketch", "rensa", "rensa-dedup", "ours", "ours-verify")
+C_ALL = ("datatrove", "datasketch", "rensa", "rensa-dedup", "ours", "ours-verify", "ours-minhash")
 SPACY = {
     "q": ("datatrove-spacy", "datatrove", "ours"),
     "a": ("datatrove-spacy", "datatrove", "ours"),
@@ -949,15 +978,24 @@ def report(
         "JSONL MiB / wall s (one core). CPU s and peak RSS: the process tree sampled every "
         "50 ms with psutil between the start and stop marks (RSS counts file pages mapped and "
         "touched, e.g. HF datasets' Arrow cache files). "
-        f"Best of {args.repeats} run(s) per case.",
+        f"Best of {args.repeats} run(s) per case; cases whose first run took under "
+        f"{args.short:g} s (their noise is a larger share: e.g. the 100 MB floor measured "
+        f"0.5-1.2 s) best of {max(args.repeats, args.short_runs)}, the runs taken round-robin "
+        "over all cases. A run whose wall time exceeds its CPU time by more than 15% and "
+        "0.5 s is taken to have shared its core with another process (every implementation "
+        "here keeps its one core busy: undisturbed, CPU is within a few % of wall); it is set "
+        f"aside and run again, up to {args.retries} times (listed under the raw wall times).",
         f"- Same data for everyone in a table; fuzzy dedup uses {NGRAM}-grams and {BANDS} bands "
         f"x {ROWS} rows ({BANDS * ROWS} permutations), seed {SEED}, for every implementation "
         "(datatrove: `MinhashConfig(n_grams=5, num_buckets=20, hashes_per_bucket=6)`; "
         "datasketch: `MinHashLSH(params=(20, 6))`; rensa: `num_perm=120, num_bands=20`; "
-        "ours: the defaults of `FuzzyDedupConfig`).",
+        "ours: the defaults of `FuzzyDedupConfig`, whose signatures are one-permutation "
+        "hashing with optimal densification (`algorithm='oph'`, one hash per shingle, 120 "
+        "bins); the row *ours, classic MinHash* sets `algorithm='minhash'`, 120 hashes per "
+        "shingle like the peers).",
     ]
     for impl in IMPLS.values():
-        if impl.name in ("ours-verify", "datatrove-spacy", "rensa-dedup"):
+        if impl.name in ("ours-verify", "ours-minhash", "datatrove-spacy", "rensa-dedup"):
             continue  # same function as the row before
         lines.append(f"- **{impl.label}**: {_md(impl.fn.__doc__)}")
     lines += [
@@ -1034,6 +1072,8 @@ def report(
             )
         elif x.error:
             lines.append(f"- {x.corpus_key} {x.work} {x.impl}: failed: {x.error}")
+        if x.set_aside:
+            lines.append("  - set aside (core shared), run again: " + "; ".join(x.set_aside))
         if x.warning:
             lines.append(f"  - warning: {x.warning}")
         timings = (x.report or {}).get("timings")
@@ -1087,9 +1127,11 @@ def goals(cases: list[Case]) -> list[str]:
     out = ["## Goals", "", "| goal | corpus | measured | met |", "|---|---|---|---|"]
     strict = [
         "",
-        "Stricter reading, not counted: (a) with the Gopher repetition rules as well (work a). "
-        "No peer runs near the issue's speeds with them, so the issue's 1.7x HF / 2x datatrove "
-        "equivalence does not hold here; the floor ratio is the one that matters.",
+        "Other readings, not counted: (a) with the Gopher repetition rules as well (work a; "
+        "no peer runs near the issue's speeds with them, so the issue's 1.7x HF / 2x datatrove "
+        "equivalence does not hold there and the floor ratio is the one that matters), and (c) "
+        "with ours computing classic MinHash signatures (`algorithm='minhash'`) like the peers "
+        "instead of its default one-permutation hashing.",
         "",
         "| check | corpus | measured | met |",
         "|---|---|---|---|",
@@ -1139,6 +1181,9 @@ def goals(cases: list[Case]) -> list[str]:
         speed(key, "a", "ours", "floor", 0.9, "(a, +repetition) ours >= 0.9x floor", False)
         speed(key, "a", "ours", "hf", 1.7, "(a, +repetition) ours >= 1.7x HF", False)
         speed(key, "a", "ours", "datatrove", 2.0, "(a, +repetition) ours >= 2x datatrove", False)
+        tag = "(c) ours with classic MinHash"
+        speed(key, "c", "ours-minhash", "datatrove", 3.0, f"{tag} >= 3x datatrove", False)
+        speed(key, "c", "ours-minhash", "rensa", 0.8, f"{tag} >= 0.8x rensa", False)
     if len(out) == 4:
         out.append("| (ours was not measured in this run) | | | |")
     if len(strict) > 6:
@@ -1152,10 +1197,7 @@ def goals(cases: list[Case]) -> list[str]:
         out += [f"- Missed: {v.removesuffix(', NOT met')}" for v in missed]
     if strict_verdicts:
         n_ok = sum(v.endswith(", met") for v in strict_verdicts)
-        out.append(
-            f"- Stricter reading (with repetition rules, not counted): {n_ok} of "
-            f"{len(strict_verdicts)} met."
-        )
+        out.append(f"- Other readings (not counted): {n_ok} of {len(strict_verdicts)} met.")
     # How the issue's "0.9x floor = about 1.7x HF and 2x datatrove" holds on this machine:
     # the issue had floor/HF = 35.0/18.9 = 1.85 and floor/datatrove = 35.0/15.4 = 2.27.
     for key in keys:
@@ -1164,7 +1206,7 @@ def goals(cases: list[Case]) -> list[str]:
             if fl is None:
                 continue
             parts = [
-                f"{name} {best(x) / best(fl):.2f}"
+                f"{best(x) / best(fl):.1f}x {name}"
                 for name, x in (
                     ("HF", by.get((key, work, "hf"))),
                     ("datatrove-ws", by.get((key, work, "datatrove"))),
@@ -1173,10 +1215,10 @@ def goals(cases: list[Case]) -> list[str]:
             ]
             if parts:
                 out.append(
-                    f"- floor speed / peer speed on {key}, {WORK_NAMES[work]}: "
-                    + ", ".join(parts)
-                    + " (issue: HF 1.85, datatrove 2.27; 0.9x floor = "
-                    "0.9 x these relative to the peer)"
+                    f"- On {key}, {WORK_NAMES[work]}, the floor runs at "
+                    + " and ".join(parts)
+                    + " (the issue's figures: 1.85x HF, 2.27x datatrove), so 0.9x the floor "
+                    "means 0.9 times that against each peer (the issue: 1.7x HF, 2x datatrove)."
                 )
     out += ["", "(Explanations of missed goals are added by hand below this line.)", ""]
     return out
@@ -1216,6 +1258,19 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list of implementations or groups (ours, peers, floor), e.g. 'peers,floor'",
     )
     ap.add_argument("--repeats", type=int, default=1, help="runs per case; the best is reported")
+    ap.add_argument(
+        "--short",
+        type=float,
+        default=10.0,
+        help="cases whose best run is under this many seconds get --short-runs runs",
+    )
+    ap.add_argument("--short-runs", type=int, default=3, help="see --short")
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="runs again (up to this many times) a run whose core was evidently shared",
+    )
     ap.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)), help="CPU to pin to")
     ap.add_argument("--seed", type=int, default=0, help="corpus seed")
     ap.add_argument("--data-dir", type=Path, default=corpora.DATA)
@@ -1266,13 +1321,26 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{len(cases)} cases on CPU {args.cpu}, {args.repeats} run(s) each")
 
     with workdir_for(args.workdir) as work:
-        for r in range(args.repeats):
+        for r in range(max(args.repeats, args.short_runs)):
             for case in cases:
-                if r == 0 or case.walls:
-                    with open(case.corpus.path, "rb") as fh:  # warm the page cache, untimed
-                        while fh.read(64 * MIB):
-                            pass
-                    run_case(case, args.cpu, work, args.keep, args.case_timeout)
+                short = bool(case.walls) and best(case) < args.short
+                if r == 0 or (case.walls and (r < args.repeats or (short and r < args.short_runs))):
+                    for attempt in range(args.retries + 1):
+                        with open(case.corpus.path, "rb") as fh:  # warm the page cache, untimed
+                            while fh.read(64 * MIB):
+                                pass
+                        n = len(case.walls)
+                        run_case(case, args.cpu, work, args.keep, args.case_timeout)
+                        ratio = shared_core(case) if len(case.walls) > n else None
+                        if ratio is None:
+                            break
+                        what = f"{case.walls[-1]:.2f} s wall, {case.cpu[-1]:.2f} s CPU"
+                        if attempt < args.retries:
+                            log(f"  {case.impl} {case.work}: {what}: core shared? running again")
+                            case.set_aside.append(what)
+                            del case.walls[-1], case.cpu[-1], case.rss[-1]
+                        else:
+                            case.warning = f"core shared with another process? ({what})"
 
     text = report(args, cases, corpora_used, skipped, started, time.perf_counter() - t_start)
     out = Path(args.out)
