@@ -85,6 +85,11 @@ class FilterConfig:
     separated tokens. ``top_ngram_char_fraction`` maps n to the largest allowed fraction of
     characters covered by the most frequent word n-gram; ``duplicate_ngram_char_fraction`` maps
     n to the largest allowed fraction of characters in word n-grams that occur more than once.
+
+    Two definitions differ from datatrove's Gopher filters, so the same thresholds are stricter
+    here: every occurrence of a repeated n-gram counts, the first one included (as RedPajama-v2's
+    ``rps_doc_frac_chars_dupe_ngrams``; datatrove counts only the later ones), and tokens made
+    of punctuation alone count as words (datatrove leaves them out of word counts and lengths).
     """
 
     enabled: bool = True
