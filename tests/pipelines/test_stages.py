@@ -17,7 +17,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
-from unittest import mock
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -155,7 +154,9 @@ def reference_decision(text: str, cfg: FilterConfig) -> tuple[str, float] | None
 def tiny_slices() -> Iterator[None]:
     """Make the filters slice batches every few hundred bytes and sort n-grams in slices of 16,
     so small examples cross every slice and chunk boundary."""
-    with mock.patch.object(filters, "SLICE_BYTES", 300), mock.patch.object(filters, "_CHUNK", 16):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(filters, "SLICE_BYTES", 300)
+        mp.setattr(filters, "_CHUNK", 16)
         yield
 
 
