@@ -23,20 +23,31 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import zstandard
 
-from datastore import StorageConfig, __version__, commit_table, open_store
+from datastore import (
+    StorageConfig,
+    __version__,
+    commit_table,
+    open_dataset,
+    open_store,
+    write_shard,
+)
+from datastore.atomic import latest_version
 from datastore.errors import InvalidInput, NotFound
-from datastore.manifest import ShardInfo, schema_from_json, schema_to_json
+from datastore.manifest import ShardInfo, checksum, schema_from_json, schema_to_json
 from pipelines import tasks
 from pipelines.config import IngestConfig
 from pipelines.plan import InputFile, Plan, discover, files_from_json, files_to_json, make_plan
-from pipelines.readers import ORD_SHIFT, QUARANTINE_SCHEMA
+from pipelines.readers import QUARANTINE_SCHEMA, partition_of
 from pipelines.report import IngestReport, build_report
 from pipelines.runner import Progress, dask_client, run_tasks
 from pipelines.stages import dedup as dd
@@ -44,7 +55,6 @@ from pipelines.work import WorkDir
 
 __all__ = ["ingest"]
 
-_BASE_COLUMNS = ["id", "text", "source_uri", "source_offset"]
 #: Spill-bucket sizing: about this many bytes of signatures per bucket task.
 _BUCKET_TARGET_BYTES = 256 * 1024 * 1024
 
@@ -171,8 +181,6 @@ def _drop_listing(work_root: str, key: str, storage: StorageConfig | None) -> No
     store = open_store(work_root, storage)
     store.delete(key)
     if store.location.scheme == "file":
-        import os
-
         for d in (os.path.join(store.location.path, "listings"), store.location.path):
             try:
                 os.rmdir(d)
@@ -191,8 +199,6 @@ def _buckets(plan: Plan, config: IngestConfig) -> int:
 
 
 def _already_committed(output: str, job: str, storage: StorageConfig | None) -> IngestReport | None:
-    from datastore import open_dataset
-
     try:
         ds = open_dataset(output, config=storage)
     except (NotFound, FileNotFoundError):
@@ -230,8 +236,6 @@ def _check_errors(
 def _commit_quarantine_only(
     ctx: tasks.JobContext, prepared: list[dict[str, Any]], storage: StorageConfig | None
 ) -> int:
-    from datastore.writer import write_shard
-
     work = ctx.work()
     side = open_store(f"{ctx.output_uri}/_quarantine", storage)
     shards = []
@@ -323,13 +327,13 @@ def _dedup(
     ).sort_by("_ord")
     # survivors' ids, looked up in their partitions
     t = time.perf_counter()
-    reason_col = np.array(reasons, dtype=object)[np.argsort(ords, kind="stable")]
-    sample = [
-        table.column("_ord").to_numpy()[np.flatnonzero(reason_col == r)[:3]]
-        for r in ("exact_duplicate", "fuzzy_duplicate")
-    ]
-    surv = np.unique(np.concatenate([table.column("survivor").to_numpy(), *sample]))
-    surv_parts = (surv >> np.uint64(ORD_SHIFT)).astype(np.int64)
+    kinds = ("exact_duplicate", "fuzzy_duplicate")
+    sample = {  # the first few removed documents of each kind, for the report's examples
+        r: table.filter(pc.equal(table.column("reason"), r)).column("_ord").to_numpy()[:3]
+        for r in kinds
+    }
+    surv = np.unique(np.concatenate([table.column("survivor").to_numpy(), *sample.values()]))
+    surv_parts = partition_of(surv)
     args = []
     for p in np.unique(surv_parts).tolist():
         args.append((ctx_future, prepared[p], surv[surv_parts == p]))
@@ -338,10 +342,7 @@ def _dedup(
     for (_c, _s, wanted), ids in zip(args, ids_lists, strict=True):
         id_of.update(zip(wanted.tolist(), ids, strict=True))
     detail = [f"survivor {id_of[s]}" for s in table.column("survivor").to_pylist()]
-    examples = {
-        r: [id_of[int(o)] for o in sample[i]]
-        for i, r in enumerate(("exact_duplicate", "fuzzy_duplicate"))
-    }
+    examples = {r: [id_of[int(o)] for o in ords_r] for r, ords_r in sample.items()}
     table = table.append_column("detail", pa.array(detail, pa.string())).drop_columns(["survivor"])
     timings["dedup_ids"] = time.perf_counter() - t
     table = table.replace_schema_metadata({"examples": json.dumps(examples)})
@@ -392,7 +393,7 @@ def _verify(
     doc_groups = np.concatenate([group, group])
     pairs_unique = np.unique(np.stack([docs, doc_groups.astype(np.uint64)], axis=1), axis=0)
     docs, doc_groups = pairs_unique[:, 0], pairs_unique[:, 1].astype(np.int64)
-    parts = (docs >> np.uint64(ORD_SHIFT)).astype(np.int64)
+    parts = partition_of(docs)
     involved = np.unique(parts).tolist()
     run_tasks(
         client,
@@ -422,7 +423,7 @@ def _split_removed(removed: pa.Table, partitions: int) -> list[pa.Table]:
     """Removed rows per partition (sorted by ordinal)."""
     if removed.num_rows == 0:
         return [removed] * partitions
-    parts = (removed.column("_ord").to_numpy() >> np.uint64(ORD_SHIFT)).astype(np.int64)
+    parts = partition_of(removed.column("_ord").to_numpy())
     bounds = np.searchsorted(parts, np.arange(partitions + 1))
     return [removed.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(partitions)]
 
@@ -477,8 +478,6 @@ def _commit(
         manifest = commit_table(store, shards, side_schema, metadata={"job_id": ctx.job_id})
         side_versions[side] = manifest.version
     shards = [ShardInfo(**f["main"]) for f in finals if f["main"] is not None]
-    from datastore.atomic import latest_version
-
     version = (latest_version(out) or 0) + 1
     timings["total"] = time.perf_counter() - t_start
     report = build_report(
@@ -530,10 +529,6 @@ def _inputs_lineage(out: Any, job: str, plan: Plan) -> dict[str, Any]:
     zstd JSON Lines object ``lineage/<job>-inputs.jsonl.zst`` in the dataset prefix, named in
     the manifest with its size and checksum, so the manifest stays small however many files
     were read."""
-    import zstandard
-
-    from datastore.manifest import checksum
-
     rows = [
         {"uri": f.uri, "size": f.size, "etag": f.etag, "missing": f.missing} for f in plan.files
     ]

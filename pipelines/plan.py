@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 import posixpath
 import re
 from collections.abc import Iterable, Sequence
@@ -175,8 +176,6 @@ def _discover_one(
 
 
 def _is_dir(loc: Location) -> bool:
-    import os
-
     return loc.scheme == "file" and os.path.isdir(loc.path)
 
 

@@ -26,12 +26,12 @@ import pyarrow.parquet as pq
 import xxhash
 
 from datastore import StorageConfig, open_store, parse_uri, resolve_filesystem
-from datastore.errors import NotFound, PermissionDenied
+from datastore.errors import NotFound, PermissionDenied, Unauthenticated, Unreachable
 from datastore.uri import Location
 from pipelines.config import InputConfig
 from pipelines.plan import InputFile, Partition, Piece
 
-__all__ = ["QUARANTINE_SCHEMA", "Block", "read_partition"]
+__all__ = ["ORD_SHIFT", "QUARANTINE_SCHEMA", "Block", "partition_of", "read_partition"]
 
 BLOCK_BYTES = 16 * 1024 * 1024
 RAW_PREFIX_BYTES = 4096
@@ -114,9 +114,12 @@ def read_partition(
             yield _bad_block(f.uri, piece.start, f"unreadable: {type(err).__name__}: {err}")
 
 
-def _is_outage(err: BaseException) -> bool:
-    from datastore.errors import Unauthenticated, Unreachable
+def partition_of(ords: np.ndarray) -> np.ndarray:
+    """The partition index of each document ordinal."""
+    return (np.asarray(ords, dtype=np.uint64) >> np.uint64(ORD_SHIFT)).astype(np.int64)
 
+
+def _is_outage(err: BaseException) -> bool:
     return isinstance(err, (Unreachable, Unauthenticated, ConnectionError, TimeoutError))
 
 
@@ -604,8 +607,8 @@ def _read_csv(
             {
                 "source_uri": f.uri,
                 "source_offset": int(row.number or -1),
-                "reason": f"malformed CSV row: {row.text and 'expected'} {row.expected_columns} "
-                f"columns, got {row.actual_columns}",
+                "reason": f"malformed CSV row: expected {row.expected_columns} columns, "
+                f"got {row.actual_columns}",
                 "record_bytes": len(row.text.encode()) if row.text else None,
                 "raw": row.text.encode()[:RAW_PREFIX_BYTES] if row.text else None,
             }

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from datastore import StorageConfig, open_dataset
+from datastore import StorageConfig, TableDataset, open_dataset
 from datastore.errors import NotFound
 
 if TYPE_CHECKING:
@@ -194,8 +194,6 @@ def explain(
     if not meta:
         raise NotFound(f"{output} version {ds.version} was not written by `shardyard ingest`")
     base: dict[str, Any] = {"id": doc_id, "dataset": output, "version": ds.version}
-    from datastore.dataset import TableDataset
-
     assert isinstance(ds, TableDataset)
     hits: list[dict[str, Any]] = []
     for i, shard in enumerate(ds.shards):

@@ -19,16 +19,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from datastore import ShardEncoder, StorageConfig, open_dataset, open_store
+from datastore import ShardEncoder, StorageConfig, open_store
 from datastore.manifest import ShardInfo, TableFormat, schema_from_json, schema_to_json
 from datastore.writer import write_shard
-from pipelines import stages as _stages
 from pipelines.config import IngestConfig
 from pipelines.plan import InputFile, Partition
 from pipelines.readers import QUARANTINE_SCHEMA, read_partition
+from pipelines.stages import build_stages
 from pipelines.stages import dedup as dd
-from pipelines.stages.base import DROP_SCHEMA
 from pipelines.work import WorkDir
 
 __all__ = [
@@ -63,6 +63,10 @@ REMOVED_SCHEMA = pa.schema(
     ]
 )
 _PROVENANCE = ["id", "source_uri", "source_offset"]
+#: A partition's filter and stage drops, as kept in the work directory until finalize.
+_DROPS_SCHEMA = pa.schema(
+    [("_ord", pa.uint64()), *[REMOVED_SCHEMA.field(n) for n in REMOVED_SCHEMA.names]]
+)
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,7 @@ def prepare(
         return done
     t0 = time.perf_counter()
     cfg = ctx.config
-    stages = _stages.build_stages(cfg)
+    stages = build_stages(cfg)
     stats: dict[str, Any] = {
         "partition": partition.index,
         "records": 0,
@@ -243,9 +247,7 @@ def prepare(
     part = partition.index
     all_ords = np.concatenate(ords) if ords else np.zeros(0, np.uint64)
     work.write_array(f"ords/{part:06d}.npy", all_ords)
-    drop_table = (
-        pa.concat_tables(drops) if drops else _with_provenance(DROP_SCHEMA.empty_table(), None)
-    )
+    drop_table = pa.concat_tables(drops) if drops else _DROPS_SCHEMA.empty_table()
     work.write_table(f"drops/{part:06d}.parquet", drop_table)
     quarantine = pa.concat_tables(bad) if bad else QUARANTINE_SCHEMA.empty_table()
     work.write_table(f"quarantine/{part:06d}.parquet", quarantine)
@@ -270,32 +272,16 @@ def _text_bytes(table: pa.Table) -> int:
     return int(sum(c.buffers()[2].size if c.buffers()[2] is not None else 0 for c in col.chunks))
 
 
-def _with_provenance(dropped: pa.Table, provenance: pa.Table | None) -> pa.Table:
+def _with_provenance(dropped: pa.Table, provenance: pa.Table) -> pa.Table:
     """Drop records with the id and source location of each dropped document."""
-    if provenance is None:
-        return pa.table(
-            {
-                "_ord": pa.array([], pa.uint64()),
-                "id": pa.array([], pa.string()),
-                "source_uri": pa.array([], pa.string()),
-                "source_offset": pa.array([], pa.int64()),
-                "reason": pa.array([], pa.string()),
-                "value": pa.array([], pa.float64()),
-                "detail": pa.array([], pa.string()),
-            }
-        )
-    idx = pc.index_in(dropped.column("_ord"), provenance.column("_ord"))
-    prov = provenance.take(idx)
+    prov = provenance.take(pc.index_in(dropped.column("_ord"), provenance.column("_ord")))
     return pa.table(
-        {
-            "_ord": dropped.column("_ord"),
-            "id": prov.column("id"),
-            "source_uri": prov.column("source_uri"),
-            "source_offset": prov.column("source_offset"),
-            "reason": dropped.column("reason"),
-            "value": dropped.column("value"),
-            "detail": dropped.column("detail"),
-        }
+        [
+            dropped.column("_ord"),
+            *[prov.column(n) for n in _PROVENANCE],
+            *[dropped.column(n) for n in ("reason", "value", "detail")],
+        ],
+        schema=_DROPS_SCHEMA,
     )
 
 
@@ -407,17 +393,9 @@ def read_edges(work: WorkDir, buckets: int) -> dict[str, tuple[np.ndarray, np.nd
 # -- phase 3: optional true-Jaccard check ------------------------------------------------------
 
 
-def _partition_of(ords: np.ndarray) -> np.ndarray:
-    from pipelines.readers import ORD_SHIFT
-
-    return (ords >> np.uint64(ORD_SHIFT)).astype(np.int64)
-
-
 def _positions(work: WorkDir, part: int, wanted: np.ndarray) -> np.ndarray:
     """Row positions, in the partition's candidate shards, of the documents ``wanted``."""
-    all_ords = work.read_array(f"ords/{part:06d}.npy")
-    pos = np.searchsorted(all_ords, wanted)
-    return pos
+    return np.searchsorted(work.read_array(f"ords/{part:06d}.npy"), wanted)
 
 
 def _segment_rows(
@@ -442,8 +420,6 @@ def _segment_rows(
 def _read_shard(store: Any, info: ShardInfo, ctx: JobContext, columns: list[str] | None) -> Any:
     """A candidate shard (the ``columns`` asked for). Local files are memory-mapped, so asking
     for the ids of an Arrow IPC shard does not read its text."""
-    import pyarrow.parquet as pq
-
     if store.location.scheme == "file":
         path = os.path.join(store.location.path, info.path)
         if info.path.endswith(".parquet"):
@@ -469,7 +445,7 @@ def shingles(
         return
     order = np.argsort(wanted, kind="stable")
     wanted, groups = wanted[order], groups[order]
-    uniq, first = np.unique(wanted, return_index=True)
+    uniq = np.unique(wanted)
     rows = _segment_rows(ctx, stats, _positions(work, part, uniq), ["text"])
     flat, offsets = dd.shingle_hashes(rows.column("text"), ctx.config.fuzzy_dedup.ngram)
     # one spill row per (document, group) it is needed in
@@ -478,7 +454,6 @@ def shingles(
     table = pa.table(
         {"ord": pa.array(wanted, pa.uint64()), "shingles": values.take(pa.array(doc_index))}
     )
-    del first
     work.write_buckets(key, table, groups.astype(np.int64), n_groups)
     work.set_marker(f"shingled/{part:06d}.json", {"partition": part})
 
@@ -642,13 +617,3 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         for f in schema
     ]
     return pa.table(cols, schema=schema)
-
-
-def committed_dataset_job(uri: str, storage: StorageConfig | None) -> str | None:
-    """The job id recorded in the latest version at ``uri`` (None if none or not an ingest)."""
-    try:
-        ds = open_dataset(uri, config=storage)
-    except FileNotFoundError:
-        return None
-    job = ds.manifest.metadata.get("ingest", {}).get("job_id")
-    return str(job) if job else None

@@ -10,7 +10,9 @@ few range reads, whatever the number of buckets.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,16 +59,12 @@ class WorkDir:
 
     def write_array(self, key: str, arr: np.ndarray) -> None:
         """A numpy array as ``.npy`` bytes (atomic)."""
-        import io
-
         buf = io.BytesIO()
         np.save(buf, arr, allow_pickle=False)
         self.store.put(key, buf.getvalue())
 
     def read_array(self, key: str) -> np.ndarray:
         """An array written by :meth:`write_array`."""
-        import io
-
         return np.asarray(np.load(io.BytesIO(self.store.get(key)), allow_pickle=False))
 
     # -- bucketed spill files -------------------------------------------------------------
@@ -83,14 +81,12 @@ class WorkDir:
                 n = int(counts[k])
                 part = sorted_table.slice(start, n)
                 start += n
-                batch = (
-                    part.combine_chunks().to_batches()[0]
-                    if n
+                batches = part.to_batches()
+                writer.write_batch(
+                    pa.concat_batches(batches)
+                    if batches
                     else pa.RecordBatch.from_pylist([], schema=table.schema)
                 )
-                if n and batch.num_rows != n:
-                    batch = pa.concat_batches(part.to_batches())
-                writer.write_batch(batch)
         self.store.put(key, sink.getvalue())
 
     def read_bucket(self, keys: Sequence[str], bucket: int) -> pa.Table | None:
@@ -113,8 +109,6 @@ class WorkDir:
         """Remove everything under the work prefix (after a successful commit)."""
         for info in list(self.store.list("")):
             self.store.delete(info.key)
-        import os
-
         if self.store.location.scheme == "file":
             for dirpath, _dirs, _files in sorted(os.walk(self.store.location.path), reverse=True):
                 try:
