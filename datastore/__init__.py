@@ -5,7 +5,7 @@ Imports none of Shardyard's other packages; they all build on this one.
 
 __version__ = "0.1.0"
 
-from datastore.arrays import ArrayDatasetWriter
+from datastore.arrays import ArrayDatasetWriter, ArrayLayout, commit_arrays
 from datastore.atomic import VersionConflict
 from datastore.config import StorageConfig
 from datastore.dataset import (
@@ -38,6 +38,7 @@ __all__ = [
     "AlreadyExists",
     "ArrayDataset",
     "ArrayDatasetWriter",
+    "ArrayLayout",
     "Corrupt",
     "Dataset",
     "DatasetWriter",
@@ -61,6 +62,7 @@ __all__ = [
     "VerifyResult",
     "VersionConflict",
     "__version__",
+    "commit_arrays",
     "commit_table",
     "dataset_versions",
     "open_dataset",

@@ -1,17 +1,25 @@
 """Array datasets: named Zarr v3 arrays (sharding codec) committed by a manifest.
 
 Packed token sequences and embeddings are N-d arrays whose first axis is rows. Each array is a
-standalone Zarr v3 array at ``arrays/<writer-token>/<name>`` below the dataset prefix, chunked
-along rows and grouped into shard objects with Zarr's sharding codec (one object per
-``shard_rows`` rows), inner chunks compressed with zstd and protected by a CRC32C codec, so a
-bit flip fails the read that touches it. Any Zarr v3 reader (zarr-python, tensorstore) can open
-the array path directly; the manifest adds sizes and checksums of every object for ``verify``.
+standalone Zarr v3 array at ``arrays/<prefix>/<name>`` below the dataset prefix, chunked along
+rows and grouped into shard objects with Zarr's sharding codec (one object per ``shard_rows``
+rows), inner chunks compressed with zstd and protected by a CRC32C codec, so a bit flip fails
+the read that touches it. Any Zarr v3 reader (zarr-python, tensorstore) can open the array path
+directly; the manifest adds sizes and checksums of every object for ``verify``.
+
+Shard objects are encoded in memory (:meth:`ArrayLayout.encode_shard`) and published with one
+atomic put each, so parallel writers (one Dask task per shard) never read-modify-write a shard,
+a crash never leaves a torn one, and the checksum comes from the bytes in hand, not a re-read.
+``zarr.json`` is written last, when the row count is known.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,11 +28,24 @@ from datastore import __version__
 from datastore.atomic import CommitOnExit, commit_manifest
 from datastore.config import StorageConfig
 from datastore.errors import InvalidInput, ShardyardError
-from datastore.manifest import ArrayInfo, CreationInfo, Manifest, ObjectEntry, ParentRef, checksum
+from datastore.manifest import (
+    ArrayInfo,
+    CreationInfo,
+    Manifest,
+    ObjectEntry,
+    ParentRef,
+    checksum,
+)
 from datastore.store import ObjectStore, open_store
 from datastore.uri import Location
 
-__all__ = ["ArrayDatasetWriter", "open_zarr_array", "zarr_store"]
+__all__ = [
+    "ArrayDatasetWriter",
+    "ArrayLayout",
+    "commit_arrays",
+    "open_zarr_array",
+    "zarr_store",
+]
 
 
 def zarr_store(store: ObjectStore, path: str, *, read_only: bool) -> Any:
@@ -54,34 +75,178 @@ def open_zarr_array(store: ObjectStore, info: ArrayInfo) -> Any:
     return zarr.open_array(zarr_store(store, info.path, read_only=True), mode="r")
 
 
-class _Appender:
-    """Buffers rows of one array and writes them a whole shard at a time."""
+@dataclass(frozen=True)
+class ArrayLayout:
+    """How one array is stored: dtype, row shape, rows per inner chunk and per shard object,
+    compression and user attributes. Everything but the row count, which may be unknown
+    until the last shard is written."""
 
-    def __init__(self, array: Any, shard_rows: int) -> None:
-        self.array = array
-        self.shard_rows = shard_rows
+    dtype: str
+    row_shape: tuple[int, ...] = ()
+    chunk_rows: int = 64
+    shard_rows: int = 4096
+    compression: str | None = "zstd"
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows < 1 or self.shard_rows < 1 or self.shard_rows % self.chunk_rows:
+            raise InvalidInput(
+                f"shard_rows ({self.shard_rows}) must be a multiple of chunk_rows "
+                f"({self.chunk_rows})"
+            )
+        if self.compression not in (None, "zstd"):
+            raise InvalidInput(f"array compression {self.compression!r}: use 'zstd' or None")
+        np.dtype(self.dtype)  # raises TypeError for nonsense
+
+    def num_shards(self, rows: int) -> int:
+        """Shard objects an array of ``rows`` rows consists of."""
+        return math.ceil(rows / self.shard_rows)
+
+    def shard_key(self, index: int) -> str:
+        """Key of shard object ``index`` relative to the array path (Zarr's default keys)."""
+        return "/".join(["c", str(index)] + ["0"] * len(self.row_shape))
+
+    def _zarr_array(self, rows: int, backing: dict[str, Any]) -> Any:
+        import zarr
+        import zarr.codecs
+        import zarr.storage
+
+        compressors: list[Any] = []
+        if self.compression == "zstd":
+            compressors.append(zarr.codecs.ZstdCodec(level=3))
+        compressors.append(zarr.codecs.Crc32cCodec())
+        return zarr.create_array(
+            zarr.storage.MemoryStore(store_dict=backing),
+            shape=(rows, *self.row_shape),
+            dtype=np.dtype(self.dtype),
+            chunks=(self.chunk_rows, *self.row_shape),
+            shards=(self.shard_rows, *self.row_shape),
+            compressors=compressors,
+            fill_value=0,
+            attributes=self.attributes,
+        )
+
+    def metadata_bytes(self, rows: int) -> bytes:
+        """The array's ``zarr.json`` for ``rows`` rows (stable bytes)."""
+        backing: dict[str, Any] = {}
+        self._zarr_array(rows, backing)
+        doc = json.loads(backing["zarr.json"].to_bytes())
+        return json.dumps(doc, sort_keys=True, indent=1).encode()
+
+    def encode_shard(self, block: np.ndarray) -> bytes:
+        """The bytes of a shard object holding ``block`` (at most ``shard_rows`` rows; fewer
+        only for the array's last shard). Deterministic: same rows, same bytes."""
+        if block.shape[1:] != self.row_shape or not 0 < block.shape[0] <= self.shard_rows:
+            raise InvalidInput(
+                f"a shard holds 1..{self.shard_rows} rows of shape {self.row_shape}; "
+                f"got an array of shape {block.shape}"
+            )
+        backing: dict[str, Any] = {}
+        arr = self._zarr_array(block.shape[0], backing)
+        arr[...] = block.astype(self.dtype, copy=False)
+        key = self.shard_key(0)
+        return bytes(backing[key].to_bytes()) if key in backing else b""
+
+    def write_shard(
+        self, store: ObjectStore, path: str, index: int, block: np.ndarray
+    ) -> ObjectEntry | None:
+        """Publish shard ``index`` of the array at ``path`` (atomic put); its manifest entry,
+        or None when every row equals the fill value (Zarr stores no object then)."""
+        data = self.encode_shard(block)
+        if not data:
+            return None
+        key = f"{path}/{self.shard_key(index)}"
+        store.put(key, data)
+        return ObjectEntry(path=key, bytes=len(data), checksum=checksum(data))
+
+    def write_metadata(self, store: ObjectStore, path: str, rows: int) -> ObjectEntry:
+        """Publish ``zarr.json`` for ``rows`` rows; idempotent (same bytes every time)."""
+        data = self.metadata_bytes(rows)
+        key = f"{path}/zarr.json"
+        store.put(key, data)
+        return ObjectEntry(path=key, bytes=len(data), checksum=checksum(data))
+
+    def info(self, name: str, path: str, rows: int, objects: Sequence[ObjectEntry]) -> ArrayInfo:
+        """The manifest entry of a finished array."""
+        return ArrayInfo(
+            name=name,
+            path=path,
+            shape=[rows, *self.row_shape],
+            dtype=str(np.dtype(self.dtype)),
+            chunks=[self.chunk_rows, *self.row_shape],
+            shards=[self.shard_rows, *self.row_shape],
+            objects=sorted(objects, key=lambda o: o.path),
+        )
+
+
+def commit_arrays(
+    store: ObjectStore,
+    arrays: Sequence[ArrayInfo],
+    *,
+    version: int | None = None,
+    parents: Sequence[ParentRef] = (),
+    metadata: dict[str, Any] | None = None,
+) -> Manifest:
+    """Commit an array version made of arrays whose objects are already published.
+
+    ``version`` None takes the next free number; an explicit one that is taken raises
+    :class:`~datastore.atomic.VersionConflict`.
+    """
+    infos = list(arrays)
+    if not infos:
+        raise InvalidInput(f"no arrays to commit to {store.uri}")
+
+    def build(v: int) -> Manifest:
+        return Manifest(
+            version=v,
+            kind="array",
+            schema=None,
+            arrays=infos,
+            created=CreationInfo.now(f"shardyard {__version__}"),
+            parents=list(parents),
+            metadata=dict(metadata or {}),
+        )
+
+    return commit_manifest(store, build, version)
+
+
+class _Appender:
+    """Buffers rows of one array and publishes them a whole shard at a time."""
+
+    def __init__(self, store: ObjectStore, path: str, layout: ArrayLayout) -> None:
+        self.store = store
+        self.path = path
+        self.layout = layout
         self.pending: list[np.ndarray] = []
         self.pending_rows = 0
+        self.rows = 0
+        self.objects: list[ObjectEntry] = []
 
     def append(self, data: np.ndarray) -> None:
         self.pending.append(data)
         self.pending_rows += data.shape[0]
-        if self.pending_rows >= self.shard_rows:
+        size = self.layout.shard_rows
+        if self.pending_rows >= size:
             block = np.concatenate(self.pending)
-            full = (block.shape[0] // self.shard_rows) * self.shard_rows
-            self._write(block[:full])
+            full = (block.shape[0] // size) * size
+            for start in range(0, full, size):
+                self._write(block[start : start + size])
             rest = block[full:]
             self.pending, self.pending_rows = ([rest] if rest.shape[0] else []), rest.shape[0]
 
-    def flush(self) -> None:
+    def finish(self, name: str) -> ArrayInfo:
         if self.pending_rows:
             self._write(np.concatenate(self.pending))
             self.pending, self.pending_rows = [], 0
+        meta = self.layout.write_metadata(self.store, self.path, self.rows)
+        return self.layout.info(name, self.path, self.rows, [*self.objects, meta])
 
     def _write(self, block: np.ndarray) -> None:
-        start = self.array.shape[0]
-        self.array.resize((start + block.shape[0], *self.array.shape[1:]))
-        self.array[start : start + block.shape[0]] = block
+        index = self.rows // self.layout.shard_rows
+        entry = self.layout.write_shard(self.store, self.path, index, block)
+        if entry is not None:
+            self.objects.append(entry)
+        self.rows += block.shape[0]
 
 
 class ArrayDatasetWriter(CommitOnExit):
@@ -89,7 +254,7 @@ class ArrayDatasetWriter(CommitOnExit):
 
     ``create_array(name, dtype=..., row_shape=(2048,), chunk_rows=..., shard_rows=...)`` declares
     an array whose rows have ``row_shape``; ``append(name, rows)`` adds rows along axis 0. Rows
-    are written whole shards at a time (no read-modify-write of shard objects).
+    are published whole shards at a time; nothing is visible before :meth:`commit`.
     """
 
     def __init__(
@@ -124,31 +289,17 @@ class ArrayDatasetWriter(CommitOnExit):
         attributes: dict[str, Any] | None = None,
     ) -> None:
         """Declare array ``name``; ``shard_rows`` must be a multiple of ``chunk_rows``."""
-        import zarr
-        import zarr.codecs
-
         if name in self._arrays or "/" in name or not name:
             raise InvalidInput(f"array name {name!r} is empty, has '/', or is already declared")
-        if shard_rows % chunk_rows:
-            raise InvalidInput(
-                f"shard_rows ({shard_rows}) must be a multiple of chunk_rows ({chunk_rows})"
-            )
-        compressors: list[Any] = []
-        if compression == "zstd":
-            compressors.append(zarr.codecs.ZstdCodec(level=3))
-        compressors.append(zarr.codecs.Crc32cCodec())
-        row = tuple(int(x) for x in row_shape)
-        array = zarr.create_array(
-            zarr_store(self.store, f"{self.prefix}/{name}", read_only=False),
-            shape=(0, *row),
-            dtype=np.dtype(dtype),
-            chunks=(chunk_rows, *row),
-            shards=(shard_rows, *row),
-            compressors=compressors,
-            fill_value=0,
-            attributes=attributes or {},
+        layout = ArrayLayout(
+            dtype=str(np.dtype(dtype)),
+            row_shape=tuple(int(x) for x in row_shape),
+            chunk_rows=chunk_rows,
+            shard_rows=shard_rows,
+            compression=compression,
+            attributes=dict(attributes or {}),
         )
-        self._arrays[name] = _Appender(array, shard_rows)
+        self._arrays[name] = _Appender(self.store, f"{self.prefix}/{name}", layout)
 
     def append(self, name: str, rows: np.ndarray) -> None:
         """Append ``rows`` (shape ``(n, *row_shape)``) to array ``name``."""
@@ -159,62 +310,37 @@ class ArrayDatasetWriter(CommitOnExit):
         except KeyError:
             raise InvalidInput(f"array {name!r} was not declared with create_array") from None
         rows = np.asarray(rows)
-        want = appender.array.shape[1:]
+        want = appender.layout.row_shape
         if rows.shape[1:] != want:
             raise InvalidInput(
                 f"rows for array {name!r} have shape {rows.shape}; rows must be {want}"
             )
-        appender.append(rows.astype(appender.array.dtype, copy=False))
+        appender.append(rows.astype(appender.layout.dtype, copy=False))
 
     def commit(self) -> Manifest:
-        """Flush every array, checksum its objects and create the manifest."""
+        """Publish every array's last shard and metadata, then create the manifest."""
         if self._closed:
             raise ShardyardError(f"writer for {self.uri} is already committed or aborted")
         if not self._arrays:
             raise InvalidInput(f"no arrays were declared for {self.uri}")
         try:
-            infos = [self._finish(name, app) for name, app in self._arrays.items()]
+            infos = [app.finish(name) for name, app in self._arrays.items()]
         except BaseException:
             self.abort()
             raise
         self._closed = True
-
-        def build(v: int) -> Manifest:
-            return Manifest(
-                version=v,
-                kind="array",
-                schema=None,
-                arrays=infos,
-                created=CreationInfo.now(f"shardyard {__version__}"),
+        try:
+            self.manifest = commit_arrays(
+                self.store,
+                infos,
+                version=self.version,
                 parents=self.parents,
                 metadata=self.metadata,
             )
-
-        try:
-            self.manifest = commit_manifest(self.store, build, self.version)
         except BaseException:
             self._delete_objects()  # lost the race or could not encode: they are garbage
             raise
         return self.manifest
-
-    def _finish(self, name: str, app: _Appender) -> ArrayInfo:
-        app.flush()
-        path = f"{self.prefix}/{name}"
-        objects = []
-        for obj in self.store.list(path + "/"):
-            self.store.make_durable(obj.key)  # zarr's LocalStore does not fsync
-            data = self.store.read_buffer(obj.key, obj.size)
-            objects.append(ObjectEntry(path=obj.key, bytes=data.size, checksum=checksum(data)))
-        arr = app.array
-        return ArrayInfo(
-            name=name,
-            path=path,
-            shape=list(arr.shape),
-            dtype=str(arr.dtype),
-            chunks=list(arr.chunks),
-            shards=list(arr.shards or arr.chunks),
-            objects=objects,
-        )
 
     def abort(self) -> None:
         """Discard what was written; nothing becomes visible. Safe to call twice."""
