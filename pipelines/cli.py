@@ -1,5 +1,6 @@
-"""``shardyard ingest``: raw corpora -> a clean, deduplicated dataset version; and
-``shardyard ingest explain``: why a document is (not) in it."""
+"""``shardyard ingest``: raw corpora -> a clean, deduplicated dataset version;
+``shardyard ingest explain``: why a document is (not) in it; ``shardyard tokenize``: a dataset
+-> packed token rows; ``shardyard tokenizer train``: a BPE vocabulary from a dataset."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typer.core import TyperGroup
 from datastore.cli import storage_config
 from datastore.errors import InvalidInput
 
-__all__ = ["app"]
+__all__ = ["app", "tokenize_command", "tokenizer_app"]
 
 
 class _DefaultRun(TyperGroup):
@@ -197,3 +198,138 @@ def explain_cmd(
             "(was it in the inputs? quarantined records have no id: see OUTPUT/_quarantine)"
         )
         raise typer.Exit(1)
+
+
+# -- shardyard tokenize / shardyard tokenizer ---------------------------------------------------
+
+
+def tokenize_command(
+    ctx: typer.Context,
+    source: str = typer.Argument(..., help="Table dataset to tokenize (path or s3://)."),
+    output: str = typer.Option(
+        ..., "--output", "-o", help="Output token dataset URI; a new version is added."
+    ),
+    tokenizer: str = typer.Option(
+        "bytes",
+        "--tokenizer",
+        "-t",
+        help="A tokenizer.json (or a directory holding one), local or s3://; 'bytes' is the "
+        "built-in byte tokenizer.",
+    ),
+    seq_len: int = typer.Option(2048, "--seq-len", help="Tokens per packed row."),
+    packing: str = typer.Option(
+        "greedy",
+        "--packing",
+        help="greedy: documents end to end across rows; padded: each document starts a row.",
+    ),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="auto (uint16 when the vocabulary fits), uint16 or uint32."
+    ),
+    text_field: str = typer.Option("text", "--text-field", help="Column holding the text."),
+    source_version: int | None = typer.Option(
+        None, "--source-version", help="Source dataset version (default: latest)."
+    ),
+    eos_token: str | None = typer.Option(
+        None, "--eos-token", help="Token ending each document (default: <|endoftext|>, </s>...)."
+    ),
+    pad_token: str | None = typer.Option(
+        None, "--pad-token", help="Token filling rows' tails (default: <pad>... else EOS)."
+    ),
+    shard_rows: int | None = typer.Option(
+        None, "--shard-rows", help="Rows per shard object (default: ~64 MiB)."
+    ),
+    chunk_rows: int | None = typer.Option(
+        None, "--chunk-rows", help="Rows per inner Zarr chunk (default: ~1 MiB)."
+    ),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="tcp://HOST:PORT of an existing Dask scheduler."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", help="LocalCluster worker processes (default: one per core)."
+    ),
+    memory_limit: str | None = typer.Option(
+        None, "--memory-limit", help="Memory per LocalCluster worker, e.g. 4GiB."
+    ),
+    work_dir: str | None = typer.Option(
+        None, "--work-dir", help="Where resumable task outputs go (default: OUTPUT/_work)."
+    ),
+    keep_work: bool = typer.Option(False, "--keep-work", help="Keep the work directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+) -> None:
+    """Tokenize SOURCE's text column and pack it into fixed-length rows of a Zarr token
+    dataset with per-row document boundaries. Re-running the same command after a crash
+    resumes it."""
+    from pipelines.config import ExecutionConfig
+    from pipelines.tokenize import TokenizeConfig, tokenize
+    from pipelines.tokenizer import TokenizerSpec
+
+    config = TokenizeConfig(
+        tokenizer=TokenizerSpec(tokenizer, eos_token=eos_token, pad_token=pad_token),
+        text_field=text_field,
+        seq_len=seq_len,
+        packing=packing,  # type: ignore[arg-type]  # validated by tokenize()
+        dtype=dtype,
+        source_version=source_version,
+        chunk_rows=chunk_rows,
+        shard_rows=shard_rows,
+        execution=ExecutionConfig(
+            scheduler=scheduler,
+            workers=workers,
+            memory_limit=memory_limit,
+            work_dir=work_dir,
+            keep_work=keep_work,
+            progress=not (quiet or as_json),
+        ),
+    )
+
+    def echo(msg: str) -> None:
+        if not quiet and not as_json:
+            typer.echo(msg, err=True)
+
+    report = tokenize(source, output, config, storage=storage_config(ctx), echo=echo)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    elif not quiet:
+        typer.echo(report.summary())
+
+
+tokenizer_app = typer.Typer(help="Tokenizers: train a BPE vocabulary on a dataset.")
+
+
+@tokenizer_app.command("train")
+def train_command(
+    ctx: typer.Context,
+    dataset: str = typer.Argument(..., help="Table dataset to train on (path or s3://)."),
+    vocab_size: int = typer.Option(..., "--vocab-size", help="Ids in the vocabulary."),
+    output: str = typer.Option(..., "--output", "-o", help="Where to write tokenizer.json."),
+    text_field: str = typer.Option("text", "--text-field", help="Column holding the text."),
+    version: int | None = typer.Option(None, "--version", "-v", help="Dataset version."),
+    min_frequency: int = typer.Option(2, "--min-frequency", help="Rarest pair merged."),
+    max_documents: int | None = typer.Option(
+        None, "--max-documents", help="Train on the first N documents only."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train a byte-level BPE tokenizer (lossless on any UTF-8 text; <|endoftext|> = 0,
+    <|pad|> = 1) and write its tokenizer.json."""
+    from pipelines.tokenizer import train_tokenizer
+
+    result = train_tokenizer(
+        dataset,
+        output,
+        vocab_size,
+        text_field=text_field,
+        version=version,
+        min_frequency=min_frequency,
+        max_documents=max_documents,
+        storage=storage_config(ctx),
+    )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        typer.echo(
+            f"trained a {result['vocab_size']:,}-id BPE tokenizer on {result['documents']:,} "
+            f"documents of {result['dataset']} v{result['dataset_version']} in "
+            f"{result['seconds']:.1f} s -> {result['output']} ({result['checksum'][:19]}...)"
+        )

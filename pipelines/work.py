@@ -67,6 +67,17 @@ class WorkDir:
         """An array written by :meth:`write_array`."""
         return np.asarray(np.load(io.BytesIO(self.store.get(key)), allow_pickle=False))
 
+    def open_array(self, key: str) -> np.ndarray:
+        """Like :meth:`read_array`, but memory-mapped when the work directory is local, so a
+        reader that needs a slice of a big spill reads only that slice."""
+        loc = self.store.location
+        if loc.scheme != "file":
+            return self.read_array(key)
+        try:
+            return np.load(f"{loc.path.rstrip('/')}/{key}", mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise NotFound(f"{self.store.uri_of(key)} does not exist") from None
+
     # -- bucketed spill files -------------------------------------------------------------
     def write_buckets(self, key: str, table: pa.Table, bucket: np.ndarray, buckets: int) -> None:
         """Spill ``table`` split by ``bucket`` (row -> bucket number) into one IPC file with one

@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 app.add_typer(datastore.cli.app, name="dataset")
 app.add_typer(pipelines.cli.app, name="ingest")
+app.command("tokenize")(pipelines.cli.tokenize_command)
+app.add_typer(pipelines.cli.tokenizer_app, name="tokenizer")
 
 
 def _show_version(value: bool) -> None:

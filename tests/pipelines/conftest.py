@@ -74,3 +74,43 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
     """The planted-duplicate corpus (session-wide; tests must not modify it)."""
     root = tmp_path_factory.mktemp("corpus")
     return root, write_corpus(root)
+
+
+#: Real text the bundled corpus lacks: 4-byte UTF-8, CJK, Cyrillic, combining marks, RTL.
+MULTILINGUAL = [
+    "Grüße aus Köln! Straße, Fußgänger und Übermut.",
+    "日本語のテキストです。東京は大きな都市です。",
+    "Съешь же ещё этих мягких французских булок, да выпей чаю.",
+    "emoji 🚀🎉👩‍💻 and flags 🇫🇷🇯🇵 next to ASCII",
+    "combining: e\u0301 a\u0308 o\u0302; precomposed: é ä ô",
+    "עברית ומספרים 123 mixed with العربية",
+]
+
+
+@pytest.fixture(scope="session")
+def text_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A table dataset of real text (the bundled corpus, multilingual documents, two empty
+    and one null text) in several shards; returns its URI and texts (session-wide, read-only)."""
+    import pyarrow as pa
+
+    from datastore import DatasetWriter
+
+    docs = [json.loads(line)["text"] for line in CORPUS.read_text().splitlines()]
+    texts: list[str | None] = [*docs[:40], "", *MULTILINGUAL, None, *docs[40:120], ""]
+    texts += [t[:200] for t in docs[120:]]  # many short documents
+    uri = str(tmp_path_factory.mktemp("text") / "docs")
+    with DatasetWriter(uri, shard_size=96 * 1024) as w:
+        w.write(pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts}))
+    return {"uri": uri, "texts": texts}
+
+
+@pytest.fixture(scope="session")
+def trained(
+    text_dataset: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """A 600-id byte-level BPE tokenizer trained on ``text_dataset`` (session-wide)."""
+    from pipelines.tokenizer import train_tokenizer
+
+    path = str(tmp_path_factory.mktemp("tokenizer") / "tokenizer.json")
+    result = train_tokenizer(text_dataset["uri"], path, 600)
+    return {"path": path, "dataset": text_dataset["uri"], **result}

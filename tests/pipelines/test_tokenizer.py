@@ -1,0 +1,91 @@
+"""Tokenizers: the byte tokenizer over Arrow buffers, Hugging Face files and their errors, and
+BPE training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from datastore.errors import InvalidInput, NotFound
+from pipelines.tokenizer import (
+    ByteTokenizer,
+    HFTokenizer,
+    TokenizerSpec,
+    load_tokenizer,
+    train_tokenizer,
+)
+from tests.pipelines.conftest import MULTILINGUAL
+
+
+def test_byte_tokenizer_is_exact_on_sliced_and_null_arrays() -> None:
+    texts = ["", *MULTILINGUAL, None, "x"]
+    tok = ByteTokenizer()
+    for arr in (pa.array(texts), pa.array(texts, pa.large_string()), pa.array(texts).slice(2, 5)):
+        ids, lengths = tok.encode(arr)
+        want = [(t or "").encode() for t in arr.to_pylist()]
+        assert lengths.tolist() == [len(b) for b in want]
+        assert ids.tobytes() == b"".join(want)
+        assert tok.decode_bytes(np.append(ids, tok.eos_id)) == b"".join(want)
+    ids, lengths = tok.encode(pa.chunked_array([pa.array(["ab"]), pa.array(["cd"])]))
+    assert ids.tobytes() == b"abcd" and lengths.tolist() == [2, 2]
+
+
+def test_trained_tokenizer_round_trips(trained: dict[str, Any]) -> None:
+    tok = load_tokenizer(trained["path"])
+    assert isinstance(tok, HFTokenizer)
+    assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (0, 1, 600)
+    assert tok.checksum == trained["checksum"]
+    ids, lengths = tok.encode(pa.array([*MULTILINGUAL, None]))
+    assert lengths[-1] == 0 and ids.dtype == np.uint32
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    for text, a, b in zip(MULTILINGUAL, bounds[:-1], bounds[1:], strict=False):
+        assert tok.decode(ids[a:b]) == text
+    # a directory holding tokenizer.json works too; so does a copy shipped to a worker
+    assert load_tokenizer(str(Path(trained["path"]).parent)).checksum == tok.checksum
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(tok))
+    assert (copy.eos_id, copy.checksum) == (tok.eos_id, tok.checksum)
+
+
+def test_training_is_deterministic(trained: dict[str, Any], tmp_path: Path) -> None:
+    again = train_tokenizer(trained["dataset"], str(tmp_path / "t.json"), 600)
+    assert again["checksum"] == trained["checksum"]
+
+
+def test_tokenizer_errors(tmp_path: Path, trained: dict[str, Any]) -> None:
+    with pytest.raises(NotFound, match=r"tokenizer file .*nope\.json does not exist"):
+        load_tokenizer(str(tmp_path / "nope.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": "1.0", "model": ')
+    with pytest.raises(InvalidInput, match=r"bad\.json is not a valid tokenizer\.json"):
+        load_tokenizer(str(bad))
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(InvalidInput, match="not UTF-8"):
+        load_tokenizer(str(binary))
+    # a tokenizer without any usual EOS token must be told which one to use
+    doc = json.loads(Path(trained["path"]).read_text())
+    for added in doc["added_tokens"]:
+        added["content"] = {"<|endoftext|>": "<END>", "<|pad|>": "<PAD>"}[added["content"]]
+    doc["model"]["vocab"] = {
+        {"<|endoftext|>": "<END>", "<|pad|>": "<PAD>"}.get(k, k): v
+        for k, v in doc["model"]["vocab"].items()
+    }
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps(doc))
+    with pytest.raises(InvalidInput, match="none of the usual end-of-document tokens"):
+        load_tokenizer(str(odd))
+    tok = load_tokenizer(TokenizerSpec(str(odd), eos_token="<END>", pad_token="<PAD>"))
+    assert (tok.eos_id, tok.pad_id) == (0, 1)
+    with pytest.raises(InvalidInput, match="no token '<nope>'"):
+        load_tokenizer(TokenizerSpec(str(odd), eos_token="<nope>"))
+    with pytest.raises(InvalidInput, match="vocab-size 100 is out of range"):
+        train_tokenizer(trained["dataset"], str(tmp_path / "x.json"), 100)
+    with pytest.raises(InvalidInput, match="no column 'body'"):
+        train_tokenizer(trained["dataset"], str(tmp_path / "x.json"), 600, text_field="body")
