@@ -9,6 +9,8 @@ logged the same way everywhere.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "arrow_filesystem",
+    "drop_clients",
     "is_transient",
     "make_client",
     "obstore_s3",
@@ -87,8 +90,32 @@ def _session(config: StorageConfig) -> boto3.Session:
     )
 
 
+_CLIENTS: dict[tuple[StorageConfig, int], S3Client] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 def make_client(config: StorageConfig) -> S3Client:
-    """A boto3 S3 client with botocore retries off (we retry) and the config's timeouts."""
+    """A boto3 S3 client with botocore retries off (we retry) and the config's timeouts.
+
+    One client per config and process, shared by every store (boto3 clients are thread-safe):
+    building one costs ~0.1 s, more than most requests a pipeline task makes.
+    """
+    key = (config, os.getpid())
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = _build_client(config)
+    return client
+
+
+def drop_clients() -> None:
+    """Forget the shared clients (and their pooled connections); the next store builds new
+    ones, as a fresh process would."""
+    with _CLIENTS_LOCK:
+        _CLIENTS.clear()
+
+
+def _build_client(config: StorageConfig) -> S3Client:
     style = config.addressing_style
     if style == "auto" and config.endpoint_url:
         style = "path"  # self-hosted S3 (SeaweedFS, MinIO, Ceph) rarely has wildcard DNS

@@ -453,7 +453,7 @@ def _already_committed(
     meta = ds.manifest.metadata.get("tokenize", {})
     if meta.get("job_id") != job_id or "report" not in meta:
         return None
-    return TokenizeReport.from_dict(meta["report"])
+    return TokenizeReport.from_dict({**meta["report"], "output_version": ds.version})
 
 
 # -- tasks --------------------------------------------------------------------------------------

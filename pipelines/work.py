@@ -74,7 +74,8 @@ class WorkDir:
         if loc.scheme != "file":
             return self.read_array(key)
         try:
-            return np.load(f"{loc.path.rstrip('/')}/{key}", mmap_mode="r", allow_pickle=False)
+            path = f"{loc.path.rstrip('/')}/{key}"
+            return np.asarray(np.load(path, mmap_mode="r", allow_pickle=False))
         except FileNotFoundError:
             raise NotFound(f"{self.store.uri_of(key)} does not exist") from None
 

@@ -40,6 +40,7 @@ from datastore import (
     open_dataset,
     open_store,
 )
+from datastore.s3 import drop_clients
 from datastore.testing import SeaweedFS
 from tests.conftest import BUCKET
 from tests.faultproxy import FaultProxy
@@ -184,7 +185,8 @@ def test_reset_and_dropped_connections_are_retried(
     assert proxy.faulted == 2
     assert w.manifest is not None and len(w.manifest.shards) > 1
 
-    inject(2)  # likewise for the reader (a new client, so new connections)
+    inject(2)  # likewise for a reader in another process (new connections)
+    drop_clients()
     ds = open_dataset(s3_uri, config=faulty)
     assert ds.to_table().equals(table)
     assert proxy.faulted == 4
@@ -268,6 +270,7 @@ def test_slow_link_and_stalled_answer(
     assert retry_warnings(caplog) == []
 
     proxy.delay(3 * config.read_timeout, count=1)  # the next connection stalls past the timeout
+    drop_clients()  # as a reader in another process: new connections
     faulted = proxy.faulted
     start = time.monotonic()
     ds = open_dataset(s3_uri, config=config)

@@ -99,7 +99,7 @@ def text_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     texts: list[str | None] = [*docs[:40], "", *MULTILINGUAL, None, *docs[40:120], ""]
     texts += [t[:200] for t in docs[120:]]  # many short documents
     uri = str(tmp_path_factory.mktemp("text") / "docs")
-    with DatasetWriter(uri, shard_size=96 * 1024) as w:
+    with DatasetWriter(uri, shard_size=24 * 1024) as w:
         w.write(pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": texts}))
     return {"uri": uri, "texts": texts}
 
