@@ -32,6 +32,9 @@ demo: $(VENV)/.core
 	$(BIN)/shardyard ingest 'examples/corpus/*.jsonl' -o $(DEMO_DIR)/clean -c examples/ingest.toml
 	$(BIN)/shardyard ingest explain $(DEMO_DIR)/clean doc-0017
 	$(BIN)/shardyard dataset head $(DEMO_DIR)/clean/_removed -n 5 -c id,reason,value,detail
+	$(BIN)/shardyard tokenizer train $(DEMO_DIR)/clean --vocab-size 4096 -o $(DEMO_DIR)/tokenizer.json
+	$(BIN)/shardyard tokenize $(DEMO_DIR)/clean -o $(DEMO_DIR)/packed -t $(DEMO_DIR)/tokenizer.json --seq-len 1024
+	$(BIN)/shardyard dataset info $(DEMO_DIR)/packed
 
 lint: $(VENV)/.all
 	$(BIN)/ruff check .
@@ -49,6 +52,7 @@ bench: $(VENV)/.all
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench_datastore.py
 	$(PY) benchmarks/bench_ingest.py
+	$(PY) benchmarks/bench_tokenize.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache

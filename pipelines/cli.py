@@ -235,6 +235,12 @@ def tokenize_command(
     pad_token: str | None = typer.Option(
         None, "--pad-token", help="Token filling rows' tails (default: <pad>... else EOS)."
     ),
+    engine: str = typer.Option(
+        "auto",
+        "--engine",
+        help="Encoder for tokenizer.json files: auto (fastokens when it matches tokenizers on "
+        "probe texts, spot-checked per batch), fastokens, or tokenizers (the reference).",
+    ),
     shard_rows: int | None = typer.Option(
         None, "--shard-rows", help="Rows per shard object (default: ~64 MiB)."
     ),
@@ -265,7 +271,7 @@ def tokenize_command(
     from pipelines.tokenizer import TokenizerSpec
 
     config = TokenizeConfig(
-        tokenizer=TokenizerSpec(tokenizer, eos_token=eos_token, pad_token=pad_token),
+        tokenizer=TokenizerSpec(tokenizer, eos_token=eos_token, pad_token=pad_token, engine=engine),
         text_field=text_field,
         seq_len=seq_len,
         packing=packing,  # type: ignore[arg-type]  # validated by tokenize()

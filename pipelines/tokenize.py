@@ -117,6 +117,8 @@ class TokenizeReport:
     tokens_per_second: float
     timings: dict[str, float] = field(default_factory=dict)
     workers_lost: int = 0
+    engine: str = ""  # what encoded: builtin, tokenizers, fastokens (or several, comma-separated)
+    engine_fallbacks: int = 0  # batches fastokens handed to tokenizers after a spot-check
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -131,6 +133,7 @@ class TokenizeReport:
     def summary(self) -> str:
         """The human summary printed at the end of a run."""
         resumed = f" ({self.partitions_resumed} resumed)" if self.partitions_resumed else ""
+        fell = f" ({self.engine_fallbacks} batches fell back)" if self.engine_fallbacks else ""
         return "\n".join(
             [
                 f"tokenized {self.documents:,} documents of {self.source_uri} "
@@ -142,7 +145,7 @@ class TokenizeReport:
                 f"  pad fraction {self.pad_fraction:.4f}; {self.segments:,} segments",
                 f"  {self.seconds:,.1f} s, {self.tokens_per_second:,.0f} tokens/s; "
                 f"{self.partitions} partitions{resumed}; tokenizer {self.tokenizer['name']} "
-                f"({self.tokenizer['checksum'][:19]}...)",
+                f"({self.tokenizer['checksum'][:19]}...) on {self.engine or '?'}{fell}",
             ]
         )
 
@@ -211,10 +214,6 @@ def tokenize(
         f"tokenize: {src.uri} v{src.version}, {len(shards)} partitions, "
         f"{sum(s.rows for s in shards):,} documents, job {job.job_id}"
     )
-    if not config.execution.scheduler:
-        # One single-threaded worker per core: the tokenizer's own thread pool would only
-        # oversubscribe the cores (set the variable yourself to override).
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     progress = Progress(config.execution.progress)
     with dask_client(config.execution, say) as client:
         job_f = client.scatter(job, broadcast=True, hash=False)
@@ -322,6 +321,8 @@ def tokenize(
         tokens_per_second=round(total_tokens / max(seconds, 1e-9), 1),
         timings={k: round(v, 3) for k, v in timings.items()},
         workers_lost=workers_lost,
+        engine=",".join(sorted({str(p.get("engine", "")) for p in parts})),
+        engine_fallbacks=sum(int(p.get("fallbacks", 0)) for p in parts),
     )
     metadata = {
         "tokenize": {
@@ -468,10 +469,14 @@ def _tokenize_part(job: _Job, part: int, row_base: int) -> dict[str, Any]:
     if marker is not None:
         return {**marker, "resumed": True}
     t = time.perf_counter()
+    # One single-threaded worker per core: the tokenizer's own thread pool would only
+    # oversubscribe the cores (tokenizers reads the variable at each call; set it to override).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     src = open_text_source(job.source_uri, job.text_field, job.source_version, job.storage)
     texts = src.read_text(part)
-    ids, lengths = job.tokenizer.encode(texts)
+    tok = job.tokenizer
+    fallbacks = getattr(tok, "fallbacks", 0)
+    ids, lengths = tok.encode(texts)
     dtype = np.dtype(job.tokens.dtype)
     if ids.size and int(ids.max()) > np.iinfo(dtype).max:
         raise InvalidInput(
@@ -499,6 +504,8 @@ def _tokenize_part(job: _Job, part: int, row_base: int) -> dict[str, Any]:
         "stream": stream_length(lens, job.seq_len, job.packing),
         "text_bytes": text_bytes,
         "seconds": round(time.perf_counter() - t, 4),
+        "engine": getattr(tok, "engine", "builtin"),
+        "fallbacks": getattr(tok, "fallbacks", 0) - fallbacks,
     }
     work.set_marker(f"{key}.json", doc)
     return doc

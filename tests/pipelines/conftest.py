@@ -84,6 +84,7 @@ MULTILINGUAL = [
     "emoji 🚀🎉👩‍💻 and flags 🇫🇷🇯🇵 next to ASCII",
     "combining: e\u0301 a\u0308 o\u0302; precomposed: é ä ô",
     "עברית ומספרים 123 mixed with العربية",
+    "a document that spells <|endoftext|> and </s> and <|pad|> as plain text",
 ]
 
 

@@ -89,3 +89,48 @@ def test_tokenizer_errors(tmp_path: Path, trained: dict[str, Any]) -> None:
         train_tokenizer(trained["dataset"], str(tmp_path / "x.json"), 100)
     with pytest.raises(InvalidInput, match="no column 'body'"):
         train_tokenizer(trained["dataset"], str(tmp_path / "x.json"), 600, text_field="body")
+
+
+def test_hf_encoding_in_batches_is_the_same(
+    trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.tokenizer as mod
+
+    tok = load_tokenizer(trained["path"])
+    texts = pa.array([*MULTILINGUAL, "", None, *MULTILINGUAL])
+    whole = tok.encode(texts)
+    monkeypatch.setattr(mod, "_BATCH_BYTES", 30)  # about one document per call
+    parts = tok.encode(texts)
+    np.testing.assert_array_equal(whole[0], parts[0])
+    np.testing.assert_array_equal(whole[1], parts[1])
+    assert tok.encode(pa.array([], pa.string()))[0].size == 0
+
+
+def test_engines_agree_and_disagreement_falls_back(
+    trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = load_tokenizer(trained["path"])
+    ref = load_tokenizer(TokenizerSpec(trained["path"], engine="tokenizers"))
+    assert isinstance(fast, HFTokenizer) and isinstance(ref, HFTokenizer)
+    assert (fast.engine, ref.engine) == ("fastokens", "tokenizers")
+    texts = pa.array([*MULTILINGUAL, "x" * 5000, "<|endoftext|>"])
+    for a, b in zip(fast.encode(texts), ref.encode(texts), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert fast.encode(pa.array(["<|endoftext|>"]))[0].tolist() != [fast.eos_id]
+
+    real = HFTokenizer._encode_fast
+
+    def wrong(engine: Any, strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids, lengths = real(engine, strings)
+        return ids + 1, lengths
+
+    monkeypatch.setattr(HFTokenizer, "_encode_fast", staticmethod(wrong))
+    got = fast.encode(texts)  # the spot check catches it: the batch uses the reference
+    assert fast.fallbacks == 1
+    np.testing.assert_array_equal(got[0], ref.encode(texts)[0])
+    text = Path(trained["path"]).read_text()
+    assert HFTokenizer(text, name="t").engine == "tokenizers"  # the probes catch it
+    with pytest.raises(InvalidInput, match=r"cannot run on fastokens .*--engine tokenizers"):
+        HFTokenizer(text, name="t", engine="fastokens")
+    with pytest.raises(InvalidInput, match="--engine 'turbo'"):
+        load_tokenizer(TokenizerSpec(trained["path"], engine="turbo"))
