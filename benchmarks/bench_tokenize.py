@@ -412,7 +412,7 @@ def write_table(
         o = results["ours"]
         lines += [
             "",
-            f"Ours: {o['rows']:,} rows, pad fraction {o['pad_fraction']}, "
+            f"Ours: engine {o['engine']}, {o['rows']:,} rows, pad fraction {o['pad_fraction']}, "
             f"{o['stored_bytes'] / 2**20:,.1f} MiB stored; phases {o['timings']}.",
         ]
     lines += [

@@ -33,25 +33,17 @@ log = logging.getLogger("shardyard.retry")
 
 
 class S3Store(ObjectStore):
-    """An :class:`ObjectStore` over ``s3://bucket/prefix``. Picklable (the client is rebuilt)."""
+    """An :class:`ObjectStore` over ``s3://bucket/prefix``. Picklable (it holds no client)."""
 
     def __init__(self, location: Location, config: StorageConfig) -> None:
         super().__init__(location)
         self.config = config
         self.bucket = location.bucket
-        self._client: S3Client | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_client"] = None
-        return state
 
     @property
     def client(self) -> S3Client:
-        """The boto3 client, built on first use."""
-        if self._client is None:
-            self._client = s3mod.make_client(self.config)
-        return self._client
+        """The process's boto3 client for this store's config (see ``s3.make_client``)."""
+        return s3mod.make_client(self.config)
 
     def _key(self, key: str) -> str:
         return self.location.join(key).path

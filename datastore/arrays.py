@@ -92,7 +92,7 @@ class ArrayLayout:
         if self.chunk_rows < 1 or self.shard_rows < 1 or self.shard_rows % self.chunk_rows:
             raise InvalidInput(
                 f"shard_rows ({self.shard_rows}) must be a multiple of chunk_rows "
-                f"({self.chunk_rows})"
+                f"({self.chunk_rows}), both positive"
             )
         if self.compression not in (None, "zstd"):
             raise InvalidInput(f"array compression {self.compression!r}: use 'zstd' or None")

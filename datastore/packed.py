@@ -12,8 +12,8 @@ A packed token dataset is an array dataset with three Zarr arrays:
 
 A row's segments are contiguous from position 0 in row order, so flash-attention style
 ``cu_seqlens`` for a row are ``[0, *cumsum(lengths)]`` and everything after the last one is
-padding. The ``tokens`` array's ``shardyard.packed`` attribute holds ``seq_len``, ``mode``,
-``eos_id``, ``pad_id``, ``vocab_size`` and the tokenizer checksum.
+padding. The ``tokens`` array's ``shardyard.packed`` attribute holds ``seq_len``, ``packing``,
+``eos_id``, ``pad_id``, ``vocab_size``, the tokenizer checksum and the source dataset version.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def _session(config: StorageConfig) -> boto3.Session:
     )
 
 
-_CLIENTS: dict[tuple[StorageConfig, int], S3Client] = {}
+_CLIENTS: dict[StorageConfig, S3Client] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
@@ -98,21 +98,27 @@ def make_client(config: StorageConfig) -> S3Client:
     """A boto3 S3 client with botocore retries off (we retry) and the config's timeouts.
 
     One client per config and process, shared by every store (boto3 clients are thread-safe):
-    building one costs ~0.1 s, more than most requests a pipeline task makes.
+    building one costs ~0.1 s, more than most requests a pipeline task makes. A forked child
+    starts with none (it must not share the parent's sockets).
     """
-    key = (config, os.getpid())
     with _CLIENTS_LOCK:
-        client = _CLIENTS.get(key)
-        if client is None:
-            client = _CLIENTS[key] = _build_client(config)
+        client = _CLIENTS.get(config)
+    if client is None:
+        built = _build_client(config)  # outside the lock: it may look up credentials
+        with _CLIENTS_LOCK:
+            client = _CLIENTS.setdefault(config, built)
     return client
 
 
 def drop_clients() -> None:
     """Forget the shared clients (and their pooled connections); the next store builds new
     ones, as a fresh process would."""
-    with _CLIENTS_LOCK:
-        _CLIENTS.clear()
+    global _CLIENTS_LOCK
+    _CLIENTS_LOCK = threading.Lock()
+    _CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=drop_clients)
 
 
 def _build_client(config: StorageConfig) -> S3Client:

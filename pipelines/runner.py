@@ -20,11 +20,16 @@ log = logging.getLogger("shardyard.ingest")
 
 
 @contextmanager
-def dask_client(execution: ExecutionConfig, echo: Callable[[str], None]) -> Iterator[Any]:
+def dask_client(
+    execution: ExecutionConfig,
+    echo: Callable[[str], None],
+    worker_env: dict[str, str] | None = None,
+) -> Iterator[Any]:
     """A ``distributed.Client``: to ``execution.scheduler`` (or ``DASK_SCHEDULER_ADDRESS``)
     when set, else to a LocalCluster with one single-threaded worker process per core (or
     ``execution.workers``) sharing 80% of the machine's memory. ``echo`` gets the dashboard
-    link."""
+    link. ``worker_env`` is added to the LocalCluster worker processes' environment (an
+    existing cluster's workers keep theirs)."""
     from distributed import Client, LocalCluster
 
     # distributed sets its loggers to INFO on import; follow the application's level instead
@@ -52,6 +57,9 @@ def dask_client(execution: ExecutionConfig, echo: Callable[[str], None]) -> Iter
         import psutil
 
         memory = int(psutil.virtual_memory().total * 0.8 / workers)
+    extra: dict[str, Any] = {}
+    if worker_env and execution.processes:
+        extra["env"] = dict(worker_env)
     cluster = LocalCluster(
         n_workers=workers,
         threads_per_worker=1,
@@ -59,6 +67,7 @@ def dask_client(execution: ExecutionConfig, echo: Callable[[str], None]) -> Iter
         memory_limit=memory,
         dashboard_address=":0",
         silence_logs=logging.ERROR,
+        **extra,
     )
     try:
         client = Client(cluster)

@@ -13,9 +13,10 @@ The job (see docs/architecture.md, "Tokenize"):
 5. commit: ``zarr.json`` of the three arrays, then the manifest, whose ``metadata.tokenize``
    records the source dataset version, the tokenizer's checksum, the settings and the report.
 
-Outputs depend only on the source version, the tokenizer and the settings, never on the worker
-count or on which tasks ran twice, so reruns give byte-identical arrays; every task writes a
-completion marker, so rerunning after a crash redoes only unfinished tasks.
+Outputs depend only on the source version, the tokenizer, the settings and the versions of the
+encoding software (all hashed into the job id), never on the worker count or on which tasks ran
+twice, so reruns give byte-identical arrays; every task writes a completion marker, so rerunning
+after a crash redoes only unfinished tasks.
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from datastore import ArrayLayout, ParentRef, StorageConfig, commit_arrays, open_dataset, open_store
+from datastore import (
+    ArrayLayout,
+    ParentRef,
+    StorageConfig,
+    commit_arrays,
+    dataset_versions,
+    open_dataset,
+    open_store,
+)
 from datastore.errors import InvalidInput, NotFound
 from datastore.manifest import ObjectEntry
 from datastore.packed import PACKED_ATTRIBUTE, ROW_SEGMENTS, SEGMENTS, TOKENS
@@ -197,6 +206,7 @@ def tokenize(
     timings: dict[str, float] = {}
 
     src = open_text_source(source, config.text_field, config.source_version, storage)
+    _check_output(output, src.uri, storage)
     tok = load_tokenizer(config.tokenizer, storage)
     dtype = _choose_dtype(config.dtype, tok)
     job = _job(output, src.uri, src.version, tok, config, dtype, storage)
@@ -215,7 +225,11 @@ def tokenize(
         f"{sum(s.rows for s in shards):,} documents, job {job.job_id}"
     )
     progress = Progress(config.execution.progress)
-    with dask_client(config.execution, say) as client:
+    # One single-threaded worker per core: the tokenizers' own thread pools would only
+    # oversubscribe the cores (variables already set in the environment win).
+    threads = {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    worker_env = {k: os.environ.get(k, v) for k, v in threads.items()}
+    with dask_client(config.execution, say, worker_env) as client:
         job_f = client.scatter(job, broadcast=True, hash=False)
         t = time.perf_counter()
         parts = run_tasks(
@@ -243,12 +257,7 @@ def tokenize(
         for s in range(num_shards):
             lo = s * shard_rows * job.seq_len
             hi = min(rows, (s + 1) * shard_rows) * job.seq_len
-            overlap = [
-                (i, int(bases[i]))
-                for i in range(len(parts))
-                if streams[i] and bases[i] < hi and bases[i] + streams[i] > lo
-            ]
-            pack_args.append((job_f, s, rows, overlap))
+            pack_args.append((job_f, s, rows, _overlapping(bases, streams, lo, hi)))
         t = time.perf_counter()
         packed = run_tasks(client, "pack", _pack_shard, pack_args, progress)
         timings["pack"] = time.perf_counter() - t
@@ -263,12 +272,7 @@ def tokenize(
         ]
         for c in range(job.segments.num_shards(total_segments)):
             lo, hi = c * g, min(total_segments, (c + 1) * g)
-            overlap = [
-                (s, int(seg_base[s]))
-                for s in range(num_shards)
-                if counts[s] and seg_base[s] < hi and seg_base[s] + counts[s] > lo
-            ]
-            index_args.append((job_f, "segments", c, overlap))
+            index_args.append((job_f, "segments", c, _overlapping(seg_base, counts, lo, hi)))
         t = time.perf_counter()
         indexed = run_tasks(client, "index", _write_index, index_args, progress)
         timings["index"] = time.perf_counter() - t
@@ -343,6 +347,30 @@ def tokenize(
     return report
 
 
+def _overlapping(starts: np.ndarray, sizes: np.ndarray, lo: int, hi: int) -> list[tuple[int, int]]:
+    """``(index, start)`` of the non-empty ranges ``[start, start + size)`` (sorted, adjacent)
+    that overlap ``[lo, hi)``."""
+    first = int(np.searchsorted(starts + sizes, lo, side="right"))
+    last = int(np.searchsorted(starts, hi, side="left"))
+    return [(i, int(starts[i])) for i in range(first, last) if sizes[i]]
+
+
+def _check_output(output: str, source: str, storage: StorageConfig | None) -> None:
+    """Refuse to write a token dataset over its source or over another table dataset."""
+    out_uri = open_store(output, storage).uri
+    if out_uri == source:
+        raise InvalidInput(f"--output {output} is the source dataset; choose another location")
+    try:
+        existing = open_dataset(output, config=storage)
+    except (NotFound, FileNotFoundError):
+        return
+    if existing.manifest.kind != "array":
+        raise InvalidInput(
+            f"{out_uri} v{existing.version} is a table dataset; write token rows to another "
+            "location (a dataset's versions should hold one kind of data)"
+        )
+
+
 def _choose_dtype(wanted: str, tok: Tokenizer) -> str:
     fits16 = tok.vocab_size <= 1 << 16
     if wanted == "auto":
@@ -360,7 +388,10 @@ def _layouts(config: TokenizeConfig, dtype: str) -> tuple[ArrayLayout, ArrayLayo
     chunk = config.chunk_rows or max(1, _CHUNK_BYTES // row_bytes)
     shard = config.shard_rows or chunk * _SHARD_CHUNKS
     if shard % chunk:
-        raise InvalidInput(f"shard_rows ({shard}) must be a multiple of chunk_rows ({chunk})")
+        raise InvalidInput(
+            f"--shard-rows ({shard}) must be a multiple of --chunk-rows ({chunk}"
+            f"{'' if config.chunk_rows else ', the default for this --seq-len'})"
+        )
     tokens = ArrayLayout(
         dtype=dtype, row_shape=(config.seq_len,), chunk_rows=chunk, shard_rows=shard
     )
@@ -416,7 +447,10 @@ def _job(
     identity = {
         "layout_version": _LAYOUT_VERSION,
         "source": [source_uri, source_version],
-        "tokenizer": tok.describe(),
+        # The file's content, not its path; and the versions of what encodes the bytes, so a
+        # rerun after an upgrade never rewrites objects an earlier version references.
+        "tokenizer": {k: v for k, v in tok.describe().items() if k != "name"},
+        "software": _software_versions(),
         "text_field": config.text_field,
         "seq_len": config.seq_len,
         "packing": config.packing,
@@ -444,17 +478,33 @@ def _job(
     )
 
 
+def _software_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("shardyard", "zarr", "numcodecs", "tokenizers", "fastokens"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "-"
+    return out
+
+
 def _already_committed(
     output: str, job_id: str, storage: StorageConfig | None
 ) -> TokenizeReport | None:
+    """The report of the version this job committed, looking through every version (newest
+    first): a rerun must not rewrite objects an older version references."""
     try:
-        ds = open_dataset(output, config=storage)
+        versions = dataset_versions(output, storage)
     except (NotFound, FileNotFoundError):
         return None
-    meta = ds.manifest.metadata.get("tokenize", {})
-    if meta.get("job_id") != job_id or "report" not in meta:
-        return None
-    return TokenizeReport.from_dict({**meta["report"], "output_version": ds.version})
+    for v in reversed(versions):
+        ds = open_dataset(output, v, config=storage)
+        meta = ds.manifest.metadata.get("tokenize", {})
+        if meta.get("job_id") == job_id and "report" in meta:
+            return TokenizeReport.from_dict({**meta["report"], "output_version": ds.version})
+    return None
 
 
 # -- tasks --------------------------------------------------------------------------------------
@@ -469,14 +519,9 @@ def _tokenize_part(job: _Job, part: int, row_base: int) -> dict[str, Any]:
     if marker is not None:
         return {**marker, "resumed": True}
     t = time.perf_counter()
-    # One single-threaded worker per core: the tokenizer's own thread pool would only
-    # oversubscribe the cores (tokenizers reads the variable at each call; set it to override).
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     src = open_text_source(job.source_uri, job.text_field, job.source_version, job.storage)
     texts = src.read_text(part)
-    tok = job.tokenizer
-    fallbacks = getattr(tok, "fallbacks", 0)
-    ids, lengths = tok.encode(texts)
+    ids, lengths, fallbacks = job.tokenizer.encode_counted(texts)
     dtype = np.dtype(job.tokens.dtype)
     if ids.size and int(ids.max()) > np.iinfo(dtype).max:
         raise InvalidInput(
@@ -504,8 +549,8 @@ def _tokenize_part(job: _Job, part: int, row_base: int) -> dict[str, Any]:
         "stream": stream_length(lens, job.seq_len, job.packing),
         "text_bytes": text_bytes,
         "seconds": round(time.perf_counter() - t, 4),
-        "engine": getattr(tok, "engine", "builtin"),
-        "fallbacks": getattr(tok, "fallbacks", 0) - fallbacks,
+        "engine": job.tokenizer.engine,
+        "fallbacks": fallbacks,
     }
     work.set_marker(f"{key}.json", doc)
     return doc

@@ -63,6 +63,16 @@ class Tokenizer(ABC):
         """Ids of every string in ``texts`` concatenated (an unsigned integer array) and the
         number of ids of each string (int64). Nulls count as empty strings."""
 
+    def encode_counted(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray, int]:
+        """:meth:`encode`, plus how many batches fell back to the reference engine."""
+        ids, lengths = self.encode(texts)
+        return ids, lengths, 0
+
+    @property
+    def engine(self) -> str:
+        """What encodes: ``builtin``, ``tokenizers`` or ``fastokens``."""
+        return "builtin"
+
     @abstractmethod
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """The text of ``ids`` (invalid UTF-8 at a split inside a character is replaced)."""
@@ -125,8 +135,9 @@ PROBES = (
     "def f(x):\n    return x ** 2  # code\n",
     "",
 )
-#: Characters per batch re-encoded with the reference engine as a spot check.
-_CHECK_CHARS = 4096
+#: Spot check per batch: up to this many whole documents, this many characters in all.
+_CHECK_DOCS = 16
+_CHECK_CHARS = 16384
 
 
 class HFTokenizer(Tokenizer):
@@ -136,9 +147,10 @@ class HFTokenizer(Tokenizer):
     text, never as the special id: a document cannot end itself early or inject control
     tokens. Encoding runs on ``fastokens`` (a Rust re-implementation that reads the same
     ``tokenizer.json``, ~50x faster on one core) when ``engine`` allows and it agrees with
-    ``tokenizers`` on :data:`PROBES`. The first 4,096 characters of every batch are encoded
-    by both, and a difference makes that batch use ``tokenizers`` (counted in
-    :attr:`fallbacks`).
+    ``tokenizers`` on :data:`PROBES`. In every batch of about 4 MiB, up to 16 whole
+    documents spread over the batch (16 KiB of text in all) and a prefix of the longest one
+    are re-encoded by ``tokenizers`` and compared with fastokens' output; a difference, or
+    an error from fastokens, makes that batch use ``tokenizers`` (counted as a fallback).
     """
 
     def __init__(
@@ -164,13 +176,11 @@ class HFTokenizer(Tokenizer):
                 f"tokenizer file {name} is not a valid tokenizer.json ({first}); "
                 "pass a Hugging Face tokenizers file, or 'bytes'"
             ) from None
-        self.hf.encode_special_tokens = True
         self.json_text = json_text
         self.name = name
+        self._prepare(self.hf)
         self.requested_engine = engine
-        self.fallbacks = 0
         self.fast = self._fast_engine(engine)
-        self.engine = "tokenizers" if self.fast is None else "fastokens"
         self.checksum = "sha256:" + hashlib.sha256(json_text.encode()).hexdigest()
         vocab = self.hf.get_vocab(with_added_tokens=True)
         self.vocab_size = max(vocab.values(), default=-1) + 1
@@ -181,6 +191,27 @@ class HFTokenizer(Tokenizer):
         pad = self._special(vocab, pad_token, PAD_CANDIDATES, "padding", "--pad", required=False)
         self.pad_id = self.eos_id if pad is None else pad
 
+    @property
+    def engine(self) -> str:
+        return "tokenizers" if self.fast is None else "fastokens"
+
+    def _prepare(self, tok: Any) -> None:
+        """Documents are encoded whole and reproducibly: the file's truncation and padding
+        are switched off, BPE dropout (random merges) is refused, and special-token text is
+        plain text (``encode_special_tokens`` / ``split_special_tokens``)."""
+        import json
+
+        model = json.loads(self.json_text).get("model") or {}
+        if model.get("dropout"):
+            raise InvalidInput(
+                f"tokenizer {self.name} uses BPE dropout ({model['dropout']}): its ids are "
+                "random; set model.dropout to null in the file"
+            )
+        tok.no_truncation()
+        tok.no_padding()
+        if hasattr(tok, "encode_special_tokens"):
+            tok.encode_special_tokens = True
+
     def _fast_engine(self, engine: str) -> Any:
         if engine == "tokenizers":
             return None
@@ -189,6 +220,8 @@ class HFTokenizer(Tokenizer):
             import fastokens
 
             fast = fastokens.Tokenizer.from_json_str(self.json_text)
+            fast.no_truncation()
+            fast.no_padding()
             ids, lengths = self._encode_fast(fast, list(PROBES))
             ref_ids, ref_lengths = self._encode_reference(list(PROBES))
             if np.array_equal(ids, ref_ids) and np.array_equal(lengths, ref_lengths):
@@ -245,36 +278,56 @@ class HFTokenizer(Tokenizer):
         return None
 
     def encode(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        ids, lengths, _ = self.encode_counted(texts)
+        return ids, lengths
+
+    def encode_counted(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray, int]:
         arr = _plain_strings(texts)
-        id_parts, length_parts = [], []
+        id_parts, length_parts, fallbacks = [], [], 0
         # Encodings carry token strings and offsets too (tens of bytes per token): convert
         # about _BATCH_BYTES of text at a time so memory follows the ids, not the encodings.
         for batch in _batches(arr, _BATCH_BYTES):
-            strings = batch.to_pylist()
-            ids, lengths = self._encode_batch(strings)
+            ids, lengths, fell = self._encode_batch(batch.to_pylist())
             id_parts.append(ids)
             length_parts.append(lengths)
+            fallbacks += fell
         if not length_parts:
-            return np.empty(0, np.uint32), np.empty(0, np.int64)
-        return np.concatenate(id_parts), np.concatenate(length_parts)
+            return np.empty(0, np.uint32), np.empty(0, np.int64), 0
+        return np.concatenate(id_parts), np.concatenate(length_parts), fallbacks
 
-    def _encode_batch(self, strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_batch(self, strings: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
         if self.fast is None:
-            return self._encode_reference(strings)
-        # Spot-check the engines against each other on the batch's first _CHECK_CHARS
-        # characters (whole documents, the last one cut); deterministic, so a rerun picks
-        # the same engine for the same batch.
-        sample, budget = [], _CHECK_CHARS
-        for text in strings:
-            if budget <= 0:
-                break
-            sample.append(text[:budget])
-            budget -= len(sample[-1])
-        got, want = self._encode_fast(self.fast, sample), self._encode_reference(sample)
-        if all(np.array_equal(g, w) for g, w in zip(got, want, strict=True)):
-            return self._encode_fast(self.fast, strings)
-        self.fallbacks += 1
-        return self._encode_reference(strings)
+            return (*self._encode_reference(strings), 0)
+        try:
+            ids, lengths = self._encode_fast(self.fast, strings)
+        except Exception:  # an input fastokens cannot handle: the reference can
+            return (*self._encode_reference(strings), 1)
+        # Spot check of this very output: whole documents spread over the batch (chosen by
+        # position, so a rerun checks the same ones) re-encoded by the reference engine.
+        if not self._agrees(strings, ids, lengths):
+            return (*self._encode_reference(strings), 1)
+        return ids, lengths, 0
+
+    def _agrees(self, strings: list[str], ids: np.ndarray, lengths: np.ndarray) -> bool:
+        starts = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        picks, budget = [], _CHECK_CHARS
+        for i in np.unique(np.linspace(0, len(strings) - 1, _CHECK_DOCS).astype(int)):
+            if len(strings[i]) <= budget:
+                picks.append(int(i))
+                budget -= len(strings[i])
+        if picks:
+            want_ids, want_lengths = self._encode_reference([strings[i] for i in picks])
+            got = np.concatenate([ids[starts[i] : starts[i + 1]] for i in picks])
+            if not (np.array_equal(lengths[picks], want_lengths) and np.array_equal(got, want_ids)):
+                return False
+        # Long documents: compare a prefix encoded by both engines on its own.
+        longest = max(range(len(strings)), key=lambda i: len(strings[i]))
+        if len(strings[longest]) > budget:
+            prefix = [strings[longest][:_CHECK_CHARS]]
+            got2, want2 = self._encode_fast(self.fast, prefix), self._encode_reference(prefix)
+            return all(np.array_equal(g, w) for g, w in zip(got2, want2, strict=True))
+        return True
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return str(self.hf.decode([int(i) for i in ids], skip_special_tokens=False))
@@ -327,6 +380,14 @@ class TokenizerSpec:
     engine: str = "auto"  # see ENGINES
 
 
+def _parent_store(path: str, storage: StorageConfig | None) -> tuple[Any, str]:
+    """The store holding file ``path`` (local or ``s3://``) and the file's key in it."""
+    parent, _, name = path.rpartition("/")
+    if not parent and path.startswith("/"):
+        parent = "/"
+    return open_store(parent or ".", storage), name
+
+
 def load_tokenizer(spec: TokenizerSpec | str, storage: StorageConfig | None = None) -> Tokenizer:
     """Load the tokenizer ``spec`` names; raises :class:`NotFound` or :class:`InvalidInput`
     with the file and the fix."""
@@ -336,19 +397,24 @@ def load_tokenizer(spec: TokenizerSpec | str, storage: StorageConfig | None = No
         raise InvalidInput(f"--engine {spec.engine!r}: use one of {', '.join(ENGINES)}")
     if spec.path == BYTES:
         if spec.eos_token or spec.pad_token:
-            raise InvalidInput("the built-in byte tokenizer has fixed EOS (256) and pad (257) ids")
+            raise InvalidInput(
+                "the built-in byte tokenizer has fixed EOS (256) and pad (257) ids: "
+                "drop --eos-token / --pad-token"
+            )
         return ByteTokenizer()
-    path = spec.path.rstrip("/")
-    if "://" not in path and os.path.isdir(path):
-        path = os.path.join(path, "tokenizer.json")
-    parent, _, name = path.rpartition("/")
+    path = spec.path
+    if path.endswith("/") or ("://" not in path and os.path.isdir(path)):
+        path = path.rstrip("/") + "/tokenizer.json"
+    store, name = _parent_store(path, storage)
     try:
-        raw = open_store(parent or ".", storage).get(name)
+        raw = store.get(name)
     except NotFound:
         raise NotFound(
             f"tokenizer file {path} does not exist; pass a tokenizer.json path, or 'bytes' "
             "for the built-in byte tokenizer"
         ) from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise InvalidInput(f"tokenizer file {path} cannot be read ({err.strerror})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -378,6 +444,10 @@ def train_tokenizer(
 
     from pipelines.sources import open_text_source
 
+    if min_frequency < 0:
+        raise InvalidInput(f"--min-frequency {min_frequency} must be 0 or more")
+    if max_documents is not None and max_documents < 1:
+        raise InvalidInput(f"--max-documents {max_documents} must be at least 1")
     floor = 256 + len(TRAINED_SPECIALS)
     if vocab_size < floor or vocab_size > 2**32:
         raise InvalidInput(
@@ -413,9 +483,11 @@ def train_tokenizer(
     if not seen:
         raise InvalidInput(f"dataset {dataset} v{source.version} has no documents to train on")
     text = hf.to_str()
-    out = output.rstrip("/")
-    parent, _, name = out.rpartition("/")
-    open_store(parent or ".", storage).put(name, text.encode())
+    out = output
+    if out.endswith("/") or ("://" not in out and os.path.isdir(out)):
+        out = out.rstrip("/") + "/tokenizer.json"  # a directory: the usual file name in it
+    store, name = _parent_store(out, storage)
+    store.put(name, text.encode())
     return {
         "output": out,
         "dataset": source.uri,

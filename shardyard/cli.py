@@ -54,6 +54,10 @@ def root(
     # Quiet by default (errors are printed by main as one line); -V shows retries, -VVV debug.
     level = logging.ERROR - 10 * min(verbose, 3)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 3:
+        # A Dask cluster torn down after an error can leave un-awaited futures whose
+        # "exception was never retrieved" reports would follow our one-line error.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     overrides: dict[str, Any] = {"endpoint_url": endpoint_url, "region": region, "profile": profile}
     ctx.obj = {"storage": StorageConfig.resolve(overrides)}
 

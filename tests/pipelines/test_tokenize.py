@@ -19,7 +19,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from datastore import ArrayDatasetWriter, DatasetWriter, ParentRef, StorageConfig, open_dataset
+from datastore import (
+    ArrayDatasetWriter,
+    DatasetWriter,
+    ParentRef,
+    StorageConfig,
+    dataset_versions,
+    open_dataset,
+)
 from datastore.errors import InvalidInput, NotFound
 from datastore.packed import PackedTokens, open_packed
 from pipelines.config import ExecutionConfig
@@ -149,8 +156,15 @@ def test_deterministic_across_worker_counts_and_reruns(
     two = tokenize(text_dataset["uri"], str(tmp_path / "b"), two_procs)
     assert one.job_id == two.job_id and one.partitions > 3
     assert _objects(one.output_uri) == _objects(two.output_uri)
+    # another job commits version 2; rerunning the first job finds its version 1 and
+    # rewrites nothing
+    other = tokenize(text_dataset["uri"], str(tmp_path / "a"), _config(seq_len=128))
+    assert other.output_version == 2
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "a" / "arrays").rglob("*")}
     again = tokenize(text_dataset["uri"], str(tmp_path / "a"), _config(trained["path"]))
     assert again.output_version == 1 == one.output_version
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "a" / "arrays").rglob("*")}
+    assert after == before and dataset_versions(str(tmp_path / "a")) == [1, 2]
     assert {**again.to_dict(), "timings": {}} == {**one.to_dict(), "timings": {}}
     assert not (tmp_path / "a" / "_work").exists() or not any((tmp_path / "a" / "_work").iterdir())
 
@@ -217,6 +231,10 @@ def test_bad_input_is_refused(text_dataset: dict[str, Any], tmp_path: Path) -> N
         tokenize(src, str(tmp_path / "t"), _config(packing="zigzag"))
     with pytest.raises(InvalidInput, match="--seq-len 0"):
         tokenize(src, str(tmp_path / "t"), _config(seq_len=0))
+    with pytest.raises(InvalidInput, match="is the source dataset"):
+        tokenize(src, src, _config())
+    with pytest.raises(InvalidInput, match="is a table dataset; write token rows to another"):
+        tokenize(src, str(tmp_path / "nums"), _config())
     assert not (tmp_path / "t" / "_manifests").exists(), "nothing was committed"
 
 

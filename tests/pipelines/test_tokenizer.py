@@ -125,12 +125,65 @@ def test_engines_agree_and_disagreement_falls_back(
         return ids + 1, lengths
 
     monkeypatch.setattr(HFTokenizer, "_encode_fast", staticmethod(wrong))
-    got = fast.encode(texts)  # the spot check catches it: the batch uses the reference
-    assert fast.fallbacks == 1
-    np.testing.assert_array_equal(got[0], ref.encode(texts)[0])
+    ids, _, fallbacks = fast.encode_counted(texts)  # the spot check catches it
+    assert fallbacks == 1
+    np.testing.assert_array_equal(ids, ref.encode(texts)[0])
+
+    def broken(engine: Any, strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        raise RuntimeError("unsupported input")
+
+    monkeypatch.setattr(HFTokenizer, "_encode_fast", staticmethod(broken))
+    ids, _, fallbacks = fast.encode_counted(texts)  # an engine error falls back too
+    assert fallbacks == 1
+    np.testing.assert_array_equal(ids, ref.encode(texts)[0])
+    monkeypatch.setattr(HFTokenizer, "_encode_fast", staticmethod(wrong))
     text = Path(trained["path"]).read_text()
     assert HFTokenizer(text, name="t").engine == "tokenizers"  # the probes catch it
     with pytest.raises(InvalidInput, match=r"cannot run on fastokens .*--engine tokenizers"):
         HFTokenizer(text, name="t", engine="fastokens")
     with pytest.raises(InvalidInput, match="--engine 'turbo'"):
         load_tokenizer(TokenizerSpec(trained["path"], engine="turbo"))
+
+
+def test_truncation_padding_and_dropout_in_the_file(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    """A tokenizer.json saved with truncation and padding (common in encoder exports) still
+    encodes whole documents; one with BPE dropout (random ids) is refused."""
+    doc = json.loads(Path(trained["path"]).read_text())
+    doc["truncation"] = {
+        "direction": "Right",
+        "max_length": 3,
+        "strategy": "LongestFirst",
+        "stride": 0,
+    }
+    doc["padding"] = {
+        "strategy": "BatchLongest",
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 1,
+        "pad_type_id": 0,
+        "pad_token": "<|pad|>",
+    }
+    path = tmp_path / "truncating.json"
+    path.write_text(json.dumps(doc))
+    texts = pa.array(["a long document with many more than three tokens in it", "", "x"])
+    want = load_tokenizer(trained["path"]).encode(texts)
+    for engine in ("tokenizers", "auto"):
+        got = load_tokenizer(TokenizerSpec(str(path), engine=engine)).encode(texts)
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[1].tolist() == want[1].tolist() and got[1][1] == 0
+    doc["model"]["dropout"] = 0.1
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InvalidInput, match="uses BPE dropout"):
+        load_tokenizer(str(path))
+
+
+def test_train_into_a_directory_and_bad_options(trained: dict[str, Any], tmp_path: Path) -> None:
+    result = train_tokenizer(trained["dataset"], str(tmp_path), 300)
+    assert result["output"] == f"{tmp_path}/tokenizer.json"
+    assert load_tokenizer(str(tmp_path)).vocab_size == 300
+    with pytest.raises(InvalidInput, match="--min-frequency -1"):
+        train_tokenizer(trained["dataset"], str(tmp_path / "t.json"), 300, min_frequency=-1)
+    with pytest.raises(InvalidInput, match="--max-documents 0"):
+        train_tokenizer(trained["dataset"], str(tmp_path / "t.json"), 300, max_documents=0)
