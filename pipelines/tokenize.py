@@ -530,12 +530,7 @@ def _tokenize_part(job: _Job, part: int, row_base: int) -> dict[str, Any]:
         )
     keep = lengths > 0
     lens = lengths[keep] + 1  # each document ends with EOS
-    out = np.empty(int(lens.sum()), dtype)
-    eos_at = np.cumsum(lens) - 1
-    is_eos = np.zeros(out.size, bool)
-    is_eos[eos_at] = True
-    out[is_eos] = job.tokenizer.eos_id
-    out[~is_eos] = ids
+    out = _with_eos(ids, lens, job.tokenizer.eos_id, dtype)
     docs = row_base + np.flatnonzero(keep).astype(np.int64)
     work.write_array(f"{key}-tokens.npy", out)
     work.write_array(f"{key}-lengths.npy", lens.astype(np.int64))
@@ -554,6 +549,23 @@ def _tokenize_part(job: _Job, part: int, row_base: int) -> dict[str, Any]:
     }
     work.set_marker(f"{key}.json", doc)
     return doc
+
+
+def _with_eos(ids: np.ndarray, lens: np.ndarray, eos: int, dtype: np.dtype[Any]) -> np.ndarray:
+    """``ids`` with ``eos`` after each document (``lens`` counts it)."""
+    out = np.empty(int(lens.sum()), dtype)
+    ends = np.cumsum(lens)
+    out[ends - 1] = eos
+    if len(lens) * 64 < out.size:  # long documents: one slice copy each
+        src = 0
+        for end, n in zip(ends.tolist(), (lens - 1).tolist(), strict=True):
+            out[end - 1 - n : end - 1] = ids[src : src + n]
+            src += n
+    else:
+        is_eos = np.zeros(out.size, bool)
+        is_eos[ends - 1] = True
+        out[~is_eos] = ids
+    return out
 
 
 def _text_bytes(texts: Any) -> int:

@@ -282,12 +282,11 @@ class HFTokenizer(Tokenizer):
         return ids, lengths
 
     def encode_counted(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray, int]:
-        arr = _plain_strings(texts)
         id_parts, length_parts, fallbacks = [], [], 0
         # Encodings carry token strings and offsets too (tens of bytes per token): convert
         # about _BATCH_BYTES of text at a time so memory follows the ids, not the encodings.
-        for batch in _batches(arr, _BATCH_BYTES):
-            ids, lengths, fell = self._encode_batch(batch.to_pylist())
+        for batch in _string_batches(texts, _BATCH_BYTES):
+            ids, lengths, fell = self._encode_batch(batch)
             id_parts.append(ids)
             length_parts.append(lengths)
             fallbacks += fell
@@ -343,21 +342,33 @@ def _rebuilt(json_text: str, name: str, eos_id: int, pad_id: int, engine: str) -
     return HFTokenizer(json_text, name=name, ids=(eos_id, pad_id), engine=engine)
 
 
-#: Text per ``encode_batch_fast`` call.
-_BATCH_BYTES = 4 << 20
+#: Text per encode call (and per spot check).
+_BATCH_BYTES = 16 << 20
 
 
-def _batches(arr: pa.Array, target: int) -> Iterator[pa.Array]:
-    """Consecutive slices of a string array with about ``target`` bytes of text each."""
-    if len(arr) == 0:
-        return
-    ends = np.cumsum(pc.binary_length(arr).to_numpy(zero_copy_only=False))
-    start = 0
-    while start < len(arr):
-        base = ends[start - 1] if start else 0
-        stop = max(start + 1, int(np.searchsorted(ends, base + target, side="right")))
-        yield arr.slice(start, stop - start)
-        start = stop
+def _string_batches(texts: pa.Array | pa.ChunkedArray, target: int) -> Iterator[list[str]]:
+    """The documents of a string column (a null is ``""``) as lists of Python strings with
+    about ``target`` bytes of text each, chunk by chunk (no copy of the whole column)."""
+    chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
+    batch: list[str] = []
+    size = 0
+    for chunk in chunks:
+        arr = _plain_strings(chunk)
+        if len(arr) == 0:
+            continue
+        ends = np.cumsum(pc.binary_length(arr).to_numpy(zero_copy_only=False))
+        start = 0
+        while start < len(arr):
+            base = ends[start - 1] if start else 0
+            stop = max(start + 1, int(np.searchsorted(ends, base + target - size, "right")))
+            batch.extend(arr.slice(start, stop - start).to_pylist())
+            size += int(ends[stop - 1] - base)
+            start = stop
+            if size >= target:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _plain_strings(texts: pa.Array | pa.ChunkedArray) -> pa.Array:

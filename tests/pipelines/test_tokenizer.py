@@ -100,6 +100,9 @@ def test_hf_encoding_in_batches_is_the_same(
     texts = pa.array([*MULTILINGUAL, "", None, *MULTILINGUAL])
     whole = tok.encode(texts)
     monkeypatch.setattr(mod, "_BATCH_BYTES", 30)  # about one document per call
+    batches = list(mod._string_batches(pa.chunked_array([texts[:3], texts[3:]]), 30))
+    assert [t for b in batches for t in b] == [t or "" for t in texts.to_pylist()]
+    assert len(batches) > 3
     parts = tok.encode(texts)
     np.testing.assert_array_equal(whole[0], parts[0])
     np.testing.assert_array_equal(whole[1], parts[1])
