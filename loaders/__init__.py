@@ -1,11 +1,37 @@
-"""loaders: datasets into training.
+"""loaders: Shardyard datasets into training.
 
-Built so far: :mod:`loaders.plan`, the pure arithmetic of an epoch (seeded block shuffle across
-shards, batches partitioned over ranks x DataLoader workers exactly once, resume and elastic
-resume from one global position). The streaming datasets that use it are still to come (see
-docs/architecture.md).
+- :class:`StreamingDataset` / :class:`StatefulLoader` (:mod:`loaders.streaming`): whole batches
+  from table or packed-token datasets (local or ``s3://``) for PyTorch, shuffled across shards,
+  exactly once per epoch over ranks x DataLoader workers, resumable at another world size.
+- :mod:`loaders.plan`: the pure arithmetic behind them (importable without PyTorch).
+- :class:`ShardCache` (:mod:`loaders.cache`): decoded shards shared by the node's processes.
+
+Still to come (the Loaders issue): cache byte limit and future-aware eviction, prefetch with
+range reads and timeouts, mixtures, torchdata's StatefulDataLoader, DALI, the benchmark.
 """
 
+from typing import Any
+
+from loaders.cache import ShardCache
 from loaders.plan import POLICIES, BatchPlan, EpochOrder, LoaderState, Policy, shuffle_quality
 
-__all__ = ["POLICIES", "BatchPlan", "EpochOrder", "LoaderState", "Policy", "shuffle_quality"]
+__all__ = [
+    "POLICIES",
+    "BatchPlan",
+    "EpochOrder",
+    "LoaderState",
+    "Policy",
+    "ShardCache",
+    "StatefulLoader",
+    "StreamingDataset",
+    "shuffle_quality",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The PyTorch-facing classes import torch: only when asked for.
+    if name in ("StreamingDataset", "StatefulLoader"):
+        from loaders import streaming
+
+        return getattr(streaming, name)
+    raise AttributeError(f"module 'loaders' has no attribute {name!r}")

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "DEFAULT_BLOCK",
     "POLICIES",
     "BatchPlan",
     "EpochOrder",

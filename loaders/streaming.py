@@ -1,0 +1,337 @@
+"""``StreamingDataset``: a PyTorch ``IterableDataset`` of whole batches from a Shardyard dataset
+(table or packed tokens, local or ``s3://``), partitioned and resumable per :mod:`loaders.plan`.
+
+Each DataLoader worker produces whole batches (use ``DataLoader(ds, batch_size=None)`` or
+:class:`StatefulLoader`), reading rows from shards decoded once into the node cache
+(:mod:`loaders.cache`) and memory-mapped, so a shuffled batch costs a few page-cache reads
+instead of decoding the shards it touches.
+
+Batches: for a table dataset, ``{column: numpy array}`` (strings and nested values as Python
+lists); for a packed token dataset (``datastore.packed``), ``input_ids`` (int64, ``(b,
+seq_len)``), ``labels`` (the ids, ``-100`` on padding), ``position_ids`` (restarting at every
+document, the usual way to mask attention across packed documents) and ``cu_seqlens`` (one
+int32 array per row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from datastore import ArrayDataset, StorageConfig, TableDataset, open_dataset
+from datastore.errors import InvalidInput
+from datastore.packed import PackedTokens
+from loaders.cache import ShardCache
+from loaders.plan import DEFAULT_BLOCK, BatchPlan, EpochOrder, LoaderState, Policy
+
+__all__ = ["StatefulLoader", "StreamingDataset"]
+
+try:
+    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+except ImportError as err:  # pragma: no cover - torch is the loaders' reason to exist
+    raise ImportError("loaders needs PyTorch: pip install 'shardyard[torch]'") from err
+
+
+class _TableSource:
+    """Rows of a table dataset's shards, decoded to uncompressed Arrow IPC in the cache."""
+
+    def __init__(self, ds: TableDataset, columns: Sequence[str] | None) -> None:
+        if columns is not None:
+            ds._check_columns(columns)
+        self.ds = ds
+        self.columns = list(columns) if columns is not None else None
+        self.sizes = np.array([s.rows for s in ds.shards], np.int64)
+        cols = ",".join(self.columns or ["*"])
+        self.tag = hashlib.sha256(cols.encode()).hexdigest()[:12]
+        self._open: dict[int, pa.Table] = {}
+
+    def shard(self, index: int, cache: ShardCache) -> pa.Table:
+        table = self._open.get(index)
+        if table is None:
+            info = self.ds.shards[index]
+
+            def build(tmp: Path) -> None:
+                decoded = self.ds.read_shard(index, self.columns)
+                with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, decoded.schema) as w:
+                    w.write_table(decoded)
+
+            name = f"tables/{info.checksum.split(':')[-1]}-{self.tag}.arrow"
+            path = cache.path(name, build)
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            self._open[index] = table
+        return table
+
+    def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
+        parts = []
+        order = np.argsort(shards, kind="stable")
+        for s in np.unique(shards):
+            mine = order[shards[order] == s]
+            parts.append((mine, self.shard(int(s), cache).take(pa.array(rows[mine]))))
+        table = pa.concat_tables([t for _, t in parts])
+        back = np.argsort(np.concatenate([m for m, _ in parts]), kind="stable")
+        table = table.take(pa.array(back))
+        return {name: _column(table.column(name)) for name in table.column_names}
+
+    def sample(self, shard: int, row: int, cache: ShardCache) -> dict[str, Any]:
+        return {k: v[0] for k, v in self.read(np.array([shard]), np.array([row]), cache).items()}
+
+
+def _column(col: pa.ChunkedArray) -> Any:
+    kind = col.type
+    numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+    if numeric and col.null_count == 0:
+        # writable: the batch is handed to torch, which refuses read-only memory
+        return col.combine_chunks().to_numpy(zero_copy_only=False, writable=True)
+    return col.to_pylist()
+
+
+class _TokenSource:
+    """Rows of a packed token dataset, one cache file per ``tokens`` shard object."""
+
+    def __init__(self, packed: PackedTokens) -> None:
+        self.packed = packed
+        self.shard_rows = int(packed.tokens.shards[0] if packed.tokens.shards else packed.rows)
+        n = math.ceil(packed.rows / self.shard_rows) if packed.rows else 0
+        self.sizes = np.array(
+            [min(self.shard_rows, packed.rows - i * self.shard_rows) for i in range(n)], np.int64
+        )
+        info = next(a for a in packed.dataset.manifest.arrays if a.name == "tokens")
+        self.checksums = {o.path.rsplit("/", 3)[-2]: o.checksum for o in info.objects}
+        self.fingerprint = f"{packed.dataset.uri}@{packed.dataset.version}"
+        self._open: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def shard(self, index: int, cache: ShardCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        got = self._open.get(index)
+        if got is None:
+            lo = index * self.shard_rows
+            hi = lo + int(self.sizes[index])
+            p = self.packed
+
+            def build_tokens(tmp: Path) -> None:
+                with open(tmp, "wb") as f:
+                    np.save(f, np.asarray(p.tokens[lo:hi]), allow_pickle=False)
+
+            def build_segments(tmp: Path) -> None:
+                firsts = np.asarray(p.row_segments[lo:hi], np.int64)
+                stop = int(p.row_segments[hi]) if hi < p.rows else p.num_segments
+                lengths = np.asarray(p.segments_array[int(firsts[0]) : stop, 2], np.int64)
+                bounds = np.append(firsts - firsts[0], len(lengths))
+                with open(tmp, "wb") as f:
+                    np.savez(f, bounds=bounds, lengths=lengths)
+
+            key = self.checksums.get(str(index), "")
+            key = (
+                key.split(":")[-1]
+                if key
+                else hashlib.sha256(f"{self.fingerprint}/{index}".encode()).hexdigest()
+            )
+            tokens = np.load(cache.path(f"tokens/{key}.npy", build_tokens), mmap_mode="r")
+            with np.load(cache.path(f"tokens/{key}.segments.npz", build_segments)) as z:
+                got = (tokens, z["bounds"], z["lengths"])
+            self._open[index] = got
+        return got
+
+    def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
+        seq_len = self.packed.seq_len
+        ids = np.empty((len(rows), seq_len), np.int64)
+        positions = np.zeros((len(rows), seq_len), np.int64)
+        labels = np.full((len(rows), seq_len), -100, np.int64)
+        cu: list[np.ndarray] = []
+        for i, (s, r) in enumerate(zip(shards.tolist(), rows.tolist(), strict=True)):
+            tokens, bounds, lengths = self.shard(s, cache)
+            ids[i] = tokens[r]
+            lens = lengths[bounds[r] : bounds[r + 1]]
+            real = int(lens.sum())
+            starts = np.repeat(np.cumsum(lens) - lens, lens)
+            positions[i, :real] = np.arange(real) - starts
+            labels[i, :real] = ids[i, :real]
+            cu.append(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "cu_seqlens": cu}
+
+    def sample(self, shard: int, row: int, cache: ShardCache) -> dict[str, Any]:
+        batch = self.read(np.array([shard]), np.array([row]), cache)
+        return {k: v[0] for k, v in batch.items()}
+
+
+class StreamingDataset(IterableDataset[dict[str, Any]]):
+    """Whole batches of ``batch_size`` samples from dataset ``source`` (a URI; latest version
+    unless ``version``), seeded-shuffled across shards within blocks of ``block`` samples,
+    partitioned over ``world`` ranks (default: from ``torch.distributed``) and the DataLoader's
+    workers, every sample exactly once per epoch (see :mod:`loaders.plan` for ``policy``).
+
+    ``len(ds)`` is the number of samples and ``ds[i]`` sample ``i`` (unshuffled order).
+    ``state_dict()`` / ``load_state_dict()`` resume exactly, also at another world size,
+    batch size or worker count; with DataLoader workers, take the state from
+    :class:`StatefulLoader`, which counts the batches the training loop received.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        batch_size: int,
+        columns: Sequence[str] | None = None,
+        version: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        block: int = DEFAULT_BLOCK,
+        policy: Policy = "none",
+        rank: int | None = None,
+        world: int | None = None,
+        cache_dir: str | None = None,
+        config: StorageConfig | None = None,
+    ) -> None:
+        ds = open_dataset(source, version, config=config)
+        self.source: _TableSource | _TokenSource
+        if isinstance(ds, TableDataset):
+            self.source = _TableSource(ds, columns)
+        else:
+            assert isinstance(ds, ArrayDataset)
+            if columns is not None:
+                raise InvalidInput(f"{ds.uri} holds token rows; columns= applies to tables")
+            self.source = _TokenSource(PackedTokens(ds))
+        self.uri, self.version = ds.uri, ds.version
+        self.batch_size = batch_size
+        self.shuffle, self.seed, self.block, self.policy = shuffle, seed, block, policy
+        if rank is None or world is None:
+            rank, world = _distributed()
+        self.rank, self.world = rank, world
+        self.cache = ShardCache(cache_dir)
+        self.epoch = 0
+        self._start = 0
+        self._steps = 0  # batches this process consumed (iterating without workers)
+        BatchPlan(self.total, batch_size, world, policy=policy)  # validates the settings
+        if not 0 <= rank < world:
+            raise InvalidInput(f"rank {rank} is outside world size {world}")
+
+    # -- sizes and random access -----------------------------------------------------------
+    @property
+    def total(self) -> int:
+        """Samples per epoch."""
+        return int(self.source.sizes.sum())
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies what is read: a state from another dataset or version is refused."""
+        sizes = hashlib.sha256(self.source.sizes.tobytes()).hexdigest()[:16]
+        return f"{self.uri}@{self.version}:{sizes}"
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -self.total <= index < self.total:
+            raise IndexError(f"sample {index} is out of range for {self.total} samples")
+        index %= self.total
+        order = EpochOrder(self.source.sizes, shuffle=False)
+        shard, row = order.locate(np.array([index]))
+        return self.source.sample(int(shard[0]), int(row[0]), self.cache)
+
+    # -- epochs, plans and state -------------------------------------------------------------
+    def order(self) -> EpochOrder:
+        """This epoch's sample order."""
+        return EpochOrder(self.source.sizes, self.seed, self.epoch, self.shuffle, self.block)
+
+    def plan(self) -> BatchPlan:
+        """This epoch's batches from the current position on."""
+        return BatchPlan(self.total, self.batch_size, self.world, self._start, self.policy)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its beginning."""
+        self.epoch, self._start, self._steps = epoch, 0, 0
+
+    def state_dict(self, steps: int | None = None) -> dict[str, Any]:
+        """Where the run stands after ``steps`` batches per rank in this epoch (default: what
+        this process consumed)."""
+        taken = self._steps if steps is None else steps
+        position = self.plan().consumed(taken)
+        epoch = self.epoch
+        if position >= self.total or taken >= self.plan().steps(self.rank) > 0:
+            epoch, position = epoch + 1, 0
+        return LoaderState(epoch, position, self.seed, self.fingerprint, self.total).to_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (any world size, batch size or worker count)."""
+        try:
+            st = LoaderState.from_dict(state)
+        except ValueError as err:
+            raise InvalidInput(f"cannot resume {self.uri}: {err}") from None
+        if st.fingerprint != self.fingerprint or st.seed != self.seed:
+            raise InvalidInput(
+                f"the state is from {st.fingerprint} (seed {st.seed}), not {self.fingerprint} "
+                f"(seed {self.seed}); resume with the dataset version and seed it was saved with"
+            )
+        self.epoch, self._start, self._steps = st.epoch, st.position, 0
+
+    # -- iteration -------------------------------------------------------------------------
+    def batches(self, worker: int = 0, workers: int = 1) -> Iterator[dict[str, Any]]:
+        """This rank's batches that DataLoader worker ``worker`` of ``workers`` produces."""
+        plan, order = self.plan(), self.order()
+        for g in plan.batches(self.rank, worker, workers).tolist():
+            pos, _pad = plan.positions(g)
+            if int(pos[-1] - pos[0]) == len(pos) - 1:  # contiguous (always, unless padding)
+                ids = order.take(int(pos[0]), int(pos[-1]) + 1)
+            else:
+                ids = np.concatenate([order.take(int(x), int(x) + 1) for x in pos])
+            shards, rows = order.locate(ids)
+            yield self.source.read(shards, rows, self.cache)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        if info is not None:
+            yield from self.batches(info.id, info.num_workers)
+            return
+        for batch in self.batches():
+            self._steps += 1
+            yield batch
+        self.set_epoch(self.epoch + 1)
+
+
+class StatefulLoader:
+    """A DataLoader over a :class:`StreamingDataset` that knows how many batches the training
+    loop received, hence where to resume: ``state_dict()`` / ``load_state_dict()``."""
+
+    def __init__(self, dataset: StreamingDataset, **kwargs: Any) -> None:
+        if kwargs.get("batch_size") is not None:
+            raise InvalidInput("StatefulLoader batches in the dataset: drop batch_size")
+        self.dataset = dataset
+        self.kwargs = {**kwargs, "batch_size": None}
+        self.steps = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        loader = DataLoader(self.dataset, **self.kwargs)
+        self.steps = 0
+        for batch in loader:
+            self.steps += 1
+            yield batch
+        self.dataset.set_epoch(self.dataset.epoch + 1)
+        self.steps = 0
+
+    def __len__(self) -> int:
+        return self.dataset.plan().steps(self.dataset.rank)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the run stands: resumable at any world size or worker count."""
+        return self.dataset.state_dict(self.steps)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``."""
+        self.dataset.load_state_dict(state)
+        self.steps = 0
+
+
+def _distributed() -> tuple[int, int]:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    return 0, 1
