@@ -20,9 +20,15 @@ $(VENV)/.core: pyproject.toml | $(BIN)/activate
 $(VENV)/.all: pyproject.toml | $(BIN)/activate
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,torch,dali,rag,server]'
-	touch $@ $(VENV)/.core
+	touch $@ $(VENV)/.core $(VENV)/.torch
 
-demo: $(VENV)/.core
+# The loaders' extra (PyTorch, the CPU build on this machine's disk) for the demo's streaming step.
+$(VENV)/.torch: pyproject.toml $(VENV)/.core
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[torch]'
+	touch $@
+
+demo: $(VENV)/.core $(VENV)/.torch
 	$(PY) examples/demo.py --workdir $(DEMO_DIR)
 	$(BIN)/shardyard dataset versions $(DEMO_DIR)/corpus
 	$(BIN)/shardyard dataset info $(DEMO_DIR)/corpus
@@ -35,6 +41,7 @@ demo: $(VENV)/.core
 	$(BIN)/shardyard tokenizer train $(DEMO_DIR)/clean --vocab-size 4096 -o $(DEMO_DIR)/tokenizer.json
 	$(BIN)/shardyard tokenize $(DEMO_DIR)/clean -o $(DEMO_DIR)/packed -t $(DEMO_DIR)/tokenizer.json --seq-len 1024
 	$(BIN)/shardyard dataset info $(DEMO_DIR)/packed
+	$(PY) examples/stream.py $(DEMO_DIR)/packed $(DEMO_DIR)/clean
 
 lint: $(VENV)/.all
 	$(BIN)/ruff check .

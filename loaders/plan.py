@@ -44,7 +44,9 @@ __all__ = [
     "BatchPlan",
     "EpochOrder",
     "LoaderState",
+    "MixedOrder",
     "Policy",
+    "apportion",
     "shuffle_quality",
 ]
 
@@ -269,3 +271,115 @@ def shuffle_quality(order: EpochOrder, window: int = 256, limit: int | None = No
     grid = np.sort(shards.reshape(-1, window), axis=1)
     distinct = 1 + (np.diff(grid, axis=1) != 0).sum(axis=1)
     return float(distinct.mean())
+
+
+def apportion(size: int, weights: np.ndarray) -> np.ndarray:
+    """Split ``size`` into integer counts proportional to ``weights`` (largest remainders,
+    ties to the lower index): every count is within 1 of its exact share."""
+    exact = size * weights / weights.sum()
+    counts: np.ndarray = np.floor(exact).astype(np.int64)
+    rest = size - int(counts.sum())
+    if rest:
+        order = np.lexsort((np.arange(len(weights)), -(exact - counts)))
+        counts[order[:rest]] += 1
+    return counts
+
+
+@dataclass(frozen=True, eq=False)
+class MixedOrder:
+    """A weighted mixture of several datasets as one epoch of ``total`` positions.
+
+    Every block of ``block`` positions takes from dataset ``d`` exactly its apportioned share
+    of the block (:func:`apportion`), so any prefix of the epoch holds each dataset's weight
+    to within one sample per block, whatever the resume point. Inside a block the datasets'
+    slots are shuffled (seeded). Dataset ``d``'s ``j``-th slot of the epoch reads its own
+    stream at index ``j``: position ``j % size_d`` of that dataset's own :class:`EpochOrder`
+    for epoch ``j // size_d`` (a dataset smaller than its share is repeated, reshuffled each
+    pass; a larger one is read only partly).
+    """
+
+    sizes: tuple[np.ndarray, ...]
+    weights: np.ndarray
+    total: int
+    seed: int = 0
+    epoch: int = 0
+    shuffle: bool = True
+    block: int = DEFAULT_BLOCK
+
+    def __post_init__(self) -> None:
+        w = np.asarray(self.weights, np.float64)
+        if len(w) != len(self.sizes) or len(w) == 0 or (w <= 0).any() or not np.isfinite(w).all():
+            raise ValueError("mixture weights must be positive, one per dataset")
+        if any(int(np.sum(s)) == 0 for s in self.sizes):
+            raise ValueError("every dataset of a mixture needs at least one sample")
+        object.__setattr__(self, "weights", w / w.sum())
+
+    def _counts(self, k: int) -> np.ndarray:
+        size = min(self.block, self.total - k * self.block)
+        return apportion(size, self.weights)
+
+    def take(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(dataset, sample id)`` at positions ``[start, stop)``."""
+        if not 0 <= start <= stop <= self.total:
+            raise IndexError(f"positions [{start}, {stop}) are outside 0..{self.total}")
+        which, ids = [], []
+        full = apportion(self.block, self.weights)
+        for k in range(start // self.block, math.ceil(stop / self.block)):
+            lo = k * self.block
+            labels, local = _mixed_block(self, k)
+            a, b = max(start, lo) - lo, min(stop, lo + len(labels)) - lo
+            labels, local = labels[a:b], local[a:b]
+            out = np.empty(len(labels), np.int64)
+            for d in np.unique(labels):
+                mask = labels == d
+                stream = k * int(full[d]) + local[mask]  # index in dataset d's own stream
+                out[mask] = self._stream_ids(int(d), stream)
+            which.append(labels)
+            ids.append(out)
+        if not which:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(which), np.concatenate(ids)
+
+    def _stream_ids(self, d: int, stream: np.ndarray) -> np.ndarray:
+        size = int(np.sum(self.sizes[d]))
+        out = np.empty(len(stream), np.int64)
+        for e in np.unique(stream // size):
+            mask = stream // size == e
+            order = _dataset_order(self, d, int(e))
+            pos = stream[mask] % size
+            lo, hi = int(pos.min()), int(pos.max()) + 1
+            out[mask] = order.take(lo, hi)[pos - lo]
+        return out
+
+
+@lru_cache(maxsize=16)
+def _dataset_order(mixed: MixedOrder, d: int, pass_: int) -> EpochOrder:
+    return EpochOrder(
+        mixed.sizes[d],
+        seed=mixed.seed * 1_000_003 + d,
+        epoch=mixed.epoch * 1_000_003 + pass_,
+        shuffle=mixed.shuffle,
+        block=mixed.block,
+    )
+
+
+@lru_cache(maxsize=8)
+def _mixed_block(mixed: MixedOrder, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset label of each position of block ``k`` and its rank among that dataset's slots
+    in the block."""
+    counts = mixed._counts(k)
+    if mixed.shuffle:
+        labels = np.repeat(np.arange(len(counts)), counts)
+        seq = np.random.SeedSequence([mixed.seed, mixed.epoch, k, 2])
+        np.random.Generator(np.random.PCG64(seq)).shuffle(labels)
+    else:  # evenly interleaved: slot j of dataset d at its (j + 0.5) / count quantile
+        keys = np.concatenate([(np.arange(c) + 0.5) / c for c in counts if c])
+        owners = np.concatenate([np.full(c, d) for d, c in enumerate(counts) if c])
+        labels = owners[np.argsort(keys, kind="stable")]
+    local = np.empty(len(labels), np.int64)
+    for d in range(len(counts)):
+        mask = labels == d
+        local[mask] = np.arange(int(mask.sum()))
+    labels.flags.writeable = False
+    local.flags.writeable = False
+    return labels, local

@@ -28,7 +28,7 @@ from datastore import ArrayDataset, StorageConfig, TableDataset, open_dataset
 from datastore.errors import InvalidInput
 from datastore.packed import PackedTokens
 from loaders.cache import ShardCache
-from loaders.plan import DEFAULT_BLOCK, BatchPlan, EpochOrder, LoaderState, Policy
+from loaders.plan import DEFAULT_BLOCK, BatchPlan, EpochOrder, LoaderState, MixedOrder, Policy
 
 __all__ = ["StatefulLoader", "StreamingDataset"]
 
@@ -45,7 +45,10 @@ class _TableSource:
         if columns is not None:
             ds._check_columns(columns)
         self.ds = ds
+        self.uri, self.version = ds.uri, ds.version
         self.columns = list(columns) if columns is not None else None
+        names = self.columns if self.columns is not None else ds.schema.names
+        self.schema = pa.schema([ds.schema.field(n) for n in names])
         self.sizes = np.array([s.rows for s in ds.shards], np.int64)
         cols = ",".join(self.columns or ["*"])
         self.tag = hashlib.sha256(cols.encode()).hexdigest()[:12]
@@ -96,6 +99,7 @@ class _TokenSource:
 
     def __init__(self, packed: PackedTokens) -> None:
         self.packed = packed
+        self.uri, self.version = packed.dataset.uri, packed.dataset.version
         self.shard_rows = int(packed.tokens.shards[0] if packed.tokens.shards else packed.rows)
         n = math.ceil(packed.rows / self.shard_rows) if packed.rows else 0
         self.sizes = np.array(
@@ -173,11 +177,13 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
 
     def __init__(
         self,
-        source: str,
+        source: str | Sequence[str],
         *,
         batch_size: int,
         columns: Sequence[str] | None = None,
         version: int | None = None,
+        weights: Sequence[float] | None = None,
+        samples: int | None = None,
         shuffle: bool = True,
         seed: int = 0,
         block: int = DEFAULT_BLOCK,
@@ -187,16 +193,25 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         cache_dir: str | None = None,
         config: StorageConfig | None = None,
     ) -> None:
-        ds = open_dataset(source, version, config=config)
-        self.source: _TableSource | _TokenSource
-        if isinstance(ds, TableDataset):
-            self.source = _TableSource(ds, columns)
-        else:
-            assert isinstance(ds, ArrayDataset)
-            if columns is not None:
-                raise InvalidInput(f"{ds.uri} holds token rows; columns= applies to tables")
-            self.source = _TokenSource(PackedTokens(ds))
-        self.uri, self.version = ds.uri, ds.version
+        """``source`` may be a list of URIs: a mixture, ``weights`` giving each one's share of
+        every block (default: proportional to size) and ``samples`` the epoch length (default:
+        their total); ``version`` then applies to none of them (latest versions)."""
+        uris = [source] if isinstance(source, str) else list(source)
+        if not uris:
+            raise InvalidInput("StreamingDataset needs at least one dataset URI")
+        self.sources = [
+            _open_source(u, version if len(uris) == 1 else None, columns, config) for u in uris
+        ]
+        self.source = self.sources[0]
+        _check_compatible(self.sources)
+        sizes = [int(s.sizes.sum()) for s in self.sources]
+        if weights is not None and len(weights) != len(uris):
+            raise InvalidInput(f"{len(weights)} weights for {len(uris)} datasets")
+        self.weights = np.asarray(weights if weights is not None else sizes, np.float64)
+        if len(uris) > 1 and ((self.weights <= 0).any() or min(sizes) == 0):
+            raise InvalidInput("every dataset of a mixture needs samples and a positive weight")
+        self.samples = int(samples) if samples is not None else sum(sizes)
+        self.uri, self.version = self.source.uri, self.source.version
         self.batch_size = batch_size
         self.shuffle, self.seed, self.block, self.policy = shuffle, seed, block, policy
         if rank is None or world is None:
@@ -214,18 +229,29 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     @property
     def total(self) -> int:
         """Samples per epoch."""
+        if len(self.sources) > 1:
+            return self.samples
         return int(self.source.sizes.sum())
 
     @property
     def fingerprint(self) -> str:
         """Identifies what is read: a state from another dataset or version is refused."""
-        sizes = hashlib.sha256(self.source.sizes.tobytes()).hexdigest()[:16]
-        return f"{self.uri}@{self.version}:{sizes}"
+        h = hashlib.sha256()
+        for src in self.sources:
+            h.update(f"{src.uri}@{src.version}".encode())
+            h.update(src.sizes.tobytes())
+        if len(self.sources) > 1:
+            h.update(self.weights.tobytes())
+            h.update(str(self.samples).encode())
+        names = "+".join(f"{s.uri}@{s.version}" for s in self.sources)
+        return f"{names}:{h.hexdigest()[:16]}"
 
     def __len__(self) -> int:
         return self.total
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if len(self.sources) > 1:
+            raise InvalidInput("a mixture has no random access; index one of ds.sources")
         if not -self.total <= index < self.total:
             raise IndexError(f"sample {index} is out of range for {self.total} samples")
         index %= self.total
@@ -235,8 +261,20 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
 
     # -- epochs, plans and state -------------------------------------------------------------
     def order(self) -> EpochOrder:
-        """This epoch's sample order."""
+        """This epoch's sample order (of the first dataset, for a mixture see ``mixture``)."""
         return EpochOrder(self.source.sizes, self.seed, self.epoch, self.shuffle, self.block)
+
+    def mixture(self) -> MixedOrder:
+        """This epoch's mixture order."""
+        return MixedOrder(
+            tuple(s.sizes for s in self.sources),
+            self.weights,
+            self.samples,
+            self.seed,
+            self.epoch,
+            self.shuffle,
+            self.block,
+        )
 
     def plan(self) -> BatchPlan:
         """This epoch's batches from the current position on."""
@@ -272,15 +310,42 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     # -- iteration -------------------------------------------------------------------------
     def batches(self, worker: int = 0, workers: int = 1) -> Iterator[dict[str, Any]]:
         """This rank's batches that DataLoader worker ``worker`` of ``workers`` produces."""
-        plan, order = self.plan(), self.order()
+        plan = self.plan()
+        order: EpochOrder | MixedOrder = self.mixture() if len(self.sources) > 1 else self.order()
         for g in plan.batches(self.rank, worker, workers).tolist():
             pos, _pad = plan.positions(g)
             if int(pos[-1] - pos[0]) == len(pos) - 1:  # contiguous (always, unless padding)
-                ids = order.take(int(pos[0]), int(pos[-1]) + 1)
+                spans = [(int(pos[0]), int(pos[-1]) + 1)]
             else:
-                ids = np.concatenate([order.take(int(x), int(x) + 1) for x in pos])
-            shards, rows = order.locate(ids)
-            yield self.source.read(shards, rows, self.cache)
+                spans = [(int(x), int(x) + 1) for x in pos]
+            if isinstance(order, EpochOrder):
+                ids = np.concatenate([order.take(a, b) for a, b in spans])
+                shards, rows = order.locate(ids)
+                yield self.source.read(shards, rows, self.cache)
+                continue
+            taken = [order.take(a, b) for a, b in spans]
+            which = np.concatenate([t[0] for t in taken])
+            ids = np.concatenate([t[1] for t in taken])
+            yield self._read_mixed(which, ids)
+
+    def _read_mixed(self, which: np.ndarray, ids: np.ndarray) -> dict[str, Any]:
+        parts, where = [], []
+        for d in np.unique(which).tolist():
+            mine = np.flatnonzero(which == d)
+            src = self.sources[d]
+            shards, rows = EpochOrder(src.sizes, shuffle=False).locate(ids[mine])
+            parts.append(src.read(shards, rows, self.cache))
+            where.append(mine)
+        back = np.argsort(np.concatenate(where), kind="stable")
+        out: dict[str, Any] = {}
+        for key in parts[0]:
+            values = [p[key] for p in parts]
+            if isinstance(values[0], np.ndarray):
+                out[key] = np.concatenate(values)[back]
+            else:
+                flat = [x for v in values for x in v]
+                out[key] = [flat[i] for i in back.tolist()]
+        return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -324,6 +389,46 @@ class StatefulLoader:
         """Continue from ``state``."""
         self.dataset.load_state_dict(state)
         self.steps = 0
+
+
+def _open_source(
+    uri: str, version: int | None, columns: Sequence[str] | None, config: StorageConfig | None
+) -> _TableSource | _TokenSource:
+    ds = open_dataset(uri, version, config=config)
+    if isinstance(ds, TableDataset):
+        return _TableSource(ds, columns)
+    assert isinstance(ds, ArrayDataset)
+    if columns is not None:
+        raise InvalidInput(f"{ds.uri} holds token rows; columns= applies to tables")
+    return _TokenSource(PackedTokens(ds))
+
+
+def _check_compatible(sources: Sequence[_TableSource | _TokenSource]) -> None:
+    """Mixed datasets must give batches of one shape: the same columns and types, or token
+    rows of one length."""
+    first = sources[0]
+    for other in sources[1:]:
+        if type(other) is not type(first):
+            raise InvalidInput(
+                f"cannot mix {first.uri} and {other.uri}: one holds tables, the other tokens"
+            )
+        if isinstance(first, _TableSource) and isinstance(other, _TableSource):
+            a, b = first.schema, other.schema
+            if not a.equals(b):
+                raise InvalidInput(
+                    f"cannot mix {first.uri} and {other.uri}: their columns differ "
+                    f"({a.to_string(show_schema_metadata=False)!r} vs "
+                    f"{b.to_string(show_schema_metadata=False)!r}); choose common columns="
+                )
+        elif (
+            isinstance(first, _TokenSource)
+            and isinstance(other, _TokenSource)
+            and first.packed.seq_len != other.packed.seq_len
+        ):
+            raise InvalidInput(
+                f"cannot mix {first.uri} and {other.uri}: rows of {first.packed.seq_len} "
+                f"and {other.packed.seq_len} tokens"
+            )
 
 
 def _distributed() -> tuple[int, int]:

@@ -155,3 +155,25 @@ def test_production_scale_simulation(policy: str) -> None:
     # the order of a production-size epoch is computed block by block, without materialising it
     ids = order.take(total - 1000, total)
     assert len(np.unique(ids)) == 1000
+
+
+def test_mixture_holds_its_weights_in_every_prefix() -> None:
+    from loaders.plan import MixedOrder, apportion
+
+    assert apportion(10, np.array([0.7, 0.3])).tolist() == [7, 3]
+    assert apportion(7, np.array([1.0, 1.0, 1.0])).tolist() == [3, 2, 2]
+    sizes = (uneven(9, 10, 40, seed=1), uneven(4, 5, 15, seed=2))
+    mixed = MixedOrder(sizes, np.array([0.7, 0.3]), total=1000, seed=4, block=100)
+    which, ids = mixed.take(0, 1000)
+    for k in range(10):  # each block: exactly 70 / 30
+        assert np.bincount(which[k * 100 : (k + 1) * 100], minlength=2).tolist() == [70, 30]
+    for d, size in enumerate(int(s.sum()) for s in sizes):
+        got = ids[which == d]
+        # a dataset's stream is its own epochs back to back: each pass a permutation
+        for p in range(0, len(got), size):
+            piece = got[p : p + size]
+            assert len(np.unique(piece)) == len(piece) and piece.max() < size
+    w2, i2 = mixed.take(123, 777)
+    assert (w2 == which[123:777]).all() and (i2 == ids[123:777]).all()
+    with pytest.raises(ValueError, match="positive"):
+        MixedOrder(sizes, np.array([1.0, 0.0]), total=10)

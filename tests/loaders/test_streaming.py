@@ -146,3 +146,89 @@ def test_s3_table(s3_uri: str, s3_config: StorageConfig, tmp_path: Path) -> None
         w.write(pa.table({"idx": np.arange(300), "text": ["t" * 50] * 300}))
     ds = StreamingDataset(s3_uri, batch_size=16, config=s3_config, cache_dir=str(tmp_path))
     assert sorted(_ids(StatefulLoader(ds, num_workers=2))) == list(range(300))
+
+
+def _gloo_rank(rank: int, world: int, init: str, uri: str, cache: str, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        ds = StreamingDataset(uri, batch_size=5, seed=9, block=250, cache_dir=cache)
+        assert (ds.rank, ds.world) == (rank, world), "rank and world come from torch.distributed"
+        mine = _ids(StatefulLoader(ds, num_workers=2))
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, mine)
+        if rank == 0:
+            Path(out).write_text(json.dumps(gathered))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_real_two_process_gloo_run(table_uri: str, tmp_path: Path) -> None:
+    import json
+
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ids.json"
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_gloo_rank, args=(2, init, table_uri, str(tmp_path / "c"), str(out)), nprocs=2)
+    per_rank = json.loads(out.read_text())
+    assert len(per_rank) == 2 and all(per_rank)
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(N))
+
+
+def test_corrupt_cache_is_rebuilt_and_bad_sources_fail_clearly(tmp_path: Path) -> None:
+    from datastore import open_dataset
+    from datastore.errors import Corrupt
+
+    uri = str(tmp_path / "d")
+    with DatasetWriter(uri, shard_size=4096, row_group_bytes=1024) as w:
+        w.write(pa.table({"idx": np.arange(200), "text": ["z" * 60] * 200}))
+    cache = tmp_path / "cache"
+    first = StreamingDataset(uri, batch_size=7, cache_dir=str(cache))
+    assert sorted(_ids(first)) == list(range(200))
+    victim = next(p for p in cache.rglob("*.arrow"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    again = StreamingDataset(uri, batch_size=7, cache_dir=str(cache))  # as a new process
+    assert sorted(_ids(again)) == list(range(200))
+    assert again.cache.rebuilt == 1 and again.cache.fetches == 1
+
+    shards = open_dataset(uri).shards
+    path = Path(uri) / shards[0].path
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(Corrupt, match=shards[0].path):
+        _ids(StreamingDataset(uri, batch_size=7, cache_dir=str(tmp_path / "c2")))
+    path.unlink()
+    with pytest.raises(NotFound, match=shards[0].path):
+        _ids(StreamingDataset(uri, batch_size=7, cache_dir=str(tmp_path / "c3")))
+
+
+def test_mixture_is_deterministic_resumable_and_weighted(tmp_path: Path) -> None:
+    web, code = str(tmp_path / "web"), str(tmp_path / "code")
+    for uri, base, n in ((web, 0, 300), (code, 10_000, 90)):
+        with DatasetWriter(uri, shard_size=2048, row_group_bytes=512) as w:
+            w.write(pa.table({"idx": np.arange(base, base + n), "text": ["q" * 30] * n}))
+    kw: dict[str, Any] = {"weights": [0.7, 0.3], "samples": 400, "block": 100, "seed": 1}
+    kw["cache_dir"] = str(tmp_path / "c")
+    full = _ids(StreamingDataset([web, code], batch_size=8, **kw))
+    assert full == _ids(StreamingDataset([web, code], batch_size=8, **kw)), "deterministic"
+    assert sum(i >= 10_000 for i in full) == 120, "30% of 400 from the code set"
+    head_ds = StreamingDataset([web, code], batch_size=8, **kw)
+    head = head_ds.batches()
+    part = _ids([next(head) for _ in range(13)])
+    rest = []
+    for r in range(2):  # resume on two ranks with another batch size
+        ds = StreamingDataset([web, code], batch_size=5, rank=r, world=2, **kw)
+        ds.load_state_dict(head_ds.state_dict(steps=13))
+        rest += _ids(ds)
+    assert sorted(part + rest) == sorted(full) and part == full[: len(part)]
+    with DatasetWriter(str(tmp_path / "other")) as w:
+        w.write(pa.table({"idx": [1.5], "body": ["x"]}))
+    with pytest.raises(InvalidInput, match=r"cannot mix .* their columns differ"):
+        StreamingDataset([web, str(tmp_path / "other")], batch_size=2)
