@@ -6,8 +6,10 @@
 - :mod:`loaders.plan`: the pure arithmetic behind them (importable without PyTorch).
 - :class:`ShardCache` (:mod:`loaders.cache`): decoded shards shared by the node's processes.
 
+- :mod:`loaders.dali`: DALI pipelines over the same batches (``dali_pipeline``, ``DaliLoader``).
+
 Still to come (the Loaders issue): cache byte limit and future-aware eviction, prefetch with
-range reads and timeouts, mixtures, torchdata's StatefulDataLoader, DALI, the benchmark.
+range reads and timeouts, torchdata's StatefulDataLoader, DALI's GPUDirect path, the benchmark.
 """
 
 from typing import Any

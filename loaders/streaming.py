@@ -311,22 +311,38 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     def batches(self, worker: int = 0, workers: int = 1) -> Iterator[dict[str, Any]]:
         """This rank's batches that DataLoader worker ``worker`` of ``workers`` produces."""
         plan = self.plan()
-        order: EpochOrder | MixedOrder = self.mixture() if len(self.sources) > 1 else self.order()
+        order = self._epoch_order()
         for g in plan.batches(self.rank, worker, workers).tolist():
-            pos, _pad = plan.positions(g)
-            if int(pos[-1] - pos[0]) == len(pos) - 1:  # contiguous (always, unless padding)
-                spans = [(int(pos[0]), int(pos[-1]) + 1)]
-            else:
-                spans = [(int(x), int(x) + 1) for x in pos]
-            if isinstance(order, EpochOrder):
-                ids = np.concatenate([order.take(a, b) for a, b in spans])
-                shards, rows = order.locate(ids)
-                yield self.source.read(shards, rows, self.cache)
-                continue
-            taken = [order.take(a, b) for a, b in spans]
-            which = np.concatenate([t[0] for t in taken])
-            ids = np.concatenate([t[1] for t in taken])
-            yield self._read_mixed(which, ids)
+            yield self._read_batch(plan, order, g)
+
+    def batch_at(self, step: int) -> dict[str, Any]:
+        """This rank's batch number ``step`` of the current epoch (counted from the current
+        position), computed on its own: for readers that ask by index, such as DALI's
+        parallel workers. Raises StopIteration past the rank's last step."""
+        plan = self.plan()
+        if not 0 <= step < plan.steps(self.rank):
+            raise StopIteration
+        return self._read_batch(plan, self._epoch_order(), step * self.world + self.rank)
+
+    def _epoch_order(self) -> EpochOrder | MixedOrder:
+        return self.mixture() if len(self.sources) > 1 else self.order()
+
+    def _read_batch(
+        self, plan: BatchPlan, order: EpochOrder | MixedOrder, g: int
+    ) -> dict[str, Any]:
+        pos, _pad = plan.positions(g)
+        if int(pos[-1] - pos[0]) == len(pos) - 1:  # contiguous (always, unless padding)
+            spans = [(int(pos[0]), int(pos[-1]) + 1)]
+        else:
+            spans = [(int(x), int(x) + 1) for x in pos]
+        if isinstance(order, EpochOrder):
+            ids = np.concatenate([order.take(a, b) for a, b in spans])
+            shards, rows = order.locate(ids)
+            return self.source.read(shards, rows, self.cache)
+        taken = [order.take(a, b) for a, b in spans]
+        which = np.concatenate([t[0] for t in taken])
+        ids = np.concatenate([t[1] for t in taken])
+        return self._read_mixed(which, ids)
 
     def _read_mixed(self, which: np.ndarray, ids: np.ndarray) -> dict[str, Any]:
         parts, where = [], []
