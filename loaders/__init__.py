@@ -8,8 +8,8 @@
 
 - :mod:`loaders.dali`: DALI pipelines over the same batches (``dali_pipeline``, ``DaliLoader``).
 
-Still to come (the Loaders issue): cache byte limit and future-aware eviction, prefetch with
-range reads and timeouts, torchdata's StatefulDataLoader, DALI's GPUDirect path, the benchmark.
+Still to come (the Loaders issue): prefetch with range reads and timeouts, torchdata's
+StatefulDataLoader, DALI's GPUDirect path, the benchmark.
 """
 
 from typing import Any

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,22 +53,27 @@ class _TableSource:
         self.sizes = np.array([s.rows for s in ds.shards], np.int64)
         cols = ",".join(self.columns or ["*"])
         self.tag = hashlib.sha256(cols.encode()).hexdigest()[:12]
-        self._open: dict[int, pa.Table] = {}
+        self._open: OrderedDict[int, pa.Table] = OrderedDict()
+
+    def name(self, index: int) -> str:
+        return f"tables/{self.ds.shards[index].checksum.split(':')[-1]}-{self.tag}.arrow"
+
+    def cache_names(self) -> dict[str, int]:
+        """Cache file name -> shard index."""
+        return {self.name(i): i for i in range(len(self.sizes))}
 
     def shard(self, index: int, cache: ShardCache) -> pa.Table:
         table = self._open.get(index)
         if table is None:
-            info = self.ds.shards[index]
 
             def build(tmp: Path) -> None:
                 decoded = self.ds.read_shard(index, self.columns)
                 with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, decoded.schema) as w:
                     w.write_table(decoded)
 
-            name = f"tables/{info.checksum.split(':')[-1]}-{self.tag}.arrow"
-            path = cache.path(name, build)
+            path = cache.path(self.name(index), build)
             table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-            self._open[index] = table
+            _remember(self._open, index, table)
         return table
 
     def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
@@ -108,7 +114,21 @@ class _TokenSource:
         info = next(a for a in packed.dataset.manifest.arrays if a.name == "tokens")
         self.checksums = {o.path.rsplit("/", 3)[-2]: o.checksum for o in info.objects}
         self.fingerprint = f"{packed.dataset.uri}@{packed.dataset.version}"
-        self._open: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+
+    def key(self, index: int) -> str:
+        digest = self.checksums.get(str(index), "")
+        if digest:
+            return digest.split(":")[-1]
+        return hashlib.sha256(f"{self.fingerprint}/{index}".encode()).hexdigest()
+
+    def cache_names(self) -> dict[str, int]:
+        """Cache file name -> shard index."""
+        out = {}
+        for i in range(len(self.sizes)):
+            out[f"tokens/{self.key(i)}.npy"] = i
+            out[f"tokens/{self.key(i)}.segments.npz"] = i
+        return out
 
     def shard(self, index: int, cache: ShardCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         got = self._open.get(index)
@@ -129,16 +149,11 @@ class _TokenSource:
                 with open(tmp, "wb") as f:
                     np.savez(f, bounds=bounds, lengths=lengths)
 
-            key = self.checksums.get(str(index), "")
-            key = (
-                key.split(":")[-1]
-                if key
-                else hashlib.sha256(f"{self.fingerprint}/{index}".encode()).hexdigest()
-            )
+            key = self.key(index)
             tokens = np.load(cache.path(f"tokens/{key}.npy", build_tokens), mmap_mode="r")
             with np.load(cache.path(f"tokens/{key}.segments.npz", build_segments)) as z:
                 got = (tokens, z["bounds"], z["lengths"])
-            self._open[index] = got
+            _remember(self._open, index, got)
         return got
 
     def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
@@ -161,6 +176,17 @@ class _TokenSource:
     def sample(self, shard: int, row: int, cache: ShardCache) -> dict[str, Any]:
         batch = self.read(np.array([shard]), np.array([row]), cache)
         return {k: v[0] for k, v in batch.items()}
+
+
+#: Shards a reader keeps open (memory-mapped) at once.
+_OPEN_SHARDS = 64
+
+
+def _remember(opened: OrderedDict[int, Any], index: int, value: Any) -> None:
+    opened[index] = value
+    opened.move_to_end(index)
+    while len(opened) > _OPEN_SHARDS:  # also lets evicted files' disk space go
+        opened.popitem(last=False)
 
 
 class StreamingDataset(IterableDataset[dict[str, Any]]):
@@ -191,11 +217,13 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         rank: int | None = None,
         world: int | None = None,
         cache_dir: str | None = None,
+        cache_limit: int | None = None,
         config: StorageConfig | None = None,
     ) -> None:
         """``source`` may be a list of URIs: a mixture, ``weights`` giving each one's share of
         every block (default: proportional to size) and ``samples`` the epoch length (default:
-        their total); ``version`` then applies to none of them (latest versions)."""
+        their total); ``version`` then applies to none of them (latest versions).
+        ``cache_limit`` bounds the node cache in bytes (evicting by the epoch's read order)."""
         uris = [source] if isinstance(source, str) else list(source)
         if not uris:
             raise InvalidInput("StreamingDataset needs at least one dataset URI")
@@ -217,7 +245,9 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         if rank is None or world is None:
             rank, world = _distributed()
         self.rank, self.world = rank, world
-        self.cache = ShardCache(cache_dir)
+        self._names = self.source.cache_names() if len(self.sources) == 1 else {}
+        self._cursor = 0  # position of the batch being read (for eviction order)
+        self.cache = ShardCache(cache_dir, limit_bytes=cache_limit, next_use=self._next_use)
         self.epoch = 0
         self._start = 0
         self._steps = 0  # batches this process consumed (iterating without workers)
@@ -262,7 +292,11 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     # -- epochs, plans and state -------------------------------------------------------------
     def order(self) -> EpochOrder:
         """This epoch's sample order (of the first dataset, for a mixture see ``mixture``)."""
-        return EpochOrder(self.source.sizes, self.seed, self.epoch, self.shuffle, self.block)
+        memo = getattr(self, "_order_memo", None)
+        if memo is None or memo.epoch != self.epoch:
+            memo = EpochOrder(self.source.sizes, self.seed, self.epoch, self.shuffle, self.block)
+            self._order_memo = memo
+        return memo
 
     def mixture(self) -> MixedOrder:
         """This epoch's mixture order."""
@@ -327,10 +361,26 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     def _epoch_order(self) -> EpochOrder | MixedOrder:
         return self.mixture() if len(self.sources) > 1 else self.order()
 
+    def _next_use(self, name: str) -> float:
+        """How many shuffle blocks ahead of the current read the shard behind cache file
+        ``name`` is needed this epoch (infinite: not again, or not ours)."""
+        shard = self._names.get(name)
+        if shard is None:
+            return math.inf
+        order = self.order()
+        j = int(np.flatnonzero(order.shard_order == shard)[0])
+        end = int(order._perm_ends[j])
+        first, last = (end - int(self.source.sizes[shard])) // self.block, (end - 1) // self.block
+        current = self._cursor // self.block
+        if last < current:
+            return math.inf
+        return float(max(0, first - current))
+
     def _read_batch(
         self, plan: BatchPlan, order: EpochOrder | MixedOrder, g: int
     ) -> dict[str, Any]:
         pos, _pad = plan.positions(g)
+        self._cursor = int(pos[0])
         if int(pos[-1] - pos[0]) == len(pos) - 1:  # contiguous (always, unless padding)
             spans = [(int(pos[0]), int(pos[-1]) + 1)]
         else:

@@ -232,3 +232,36 @@ def test_mixture_is_deterministic_resumable_and_weighted(tmp_path: Path) -> None
         w.write(pa.table({"idx": [1.5], "body": ["x"]}))
     with pytest.raises(InvalidInput, match=r"cannot mix .* their columns differ"):
         StreamingDataset([web, str(tmp_path / "other")], batch_size=2)
+
+
+def test_cache_limit_evicts_by_future_use_without_thrashing(tmp_path: Path) -> None:
+    """A cache of about a third of the dataset: every epoch still fetches each shard about
+    once (bytes fetched per epoch close to the dataset's size), and the cache stays under its
+    limit (plus the file just built)."""
+    uri = str(tmp_path / "d")
+    rng = np.random.default_rng(3)
+    with DatasetWriter(uri, shard_size=4096, row_group_bytes=1024) as w:
+        for start in range(0, 1200, 100):
+            text = ["".join(rng.choice(list("abcdefgh"), 60)) for _ in range(100)]
+            w.write(pa.table({"idx": np.arange(start, start + 100), "text": text}))
+    probe = StreamingDataset(uri, batch_size=10, cache_dir=str(tmp_path / "probe"))
+    assert sorted(_ids(probe)) == list(range(1200))
+    sizes = [p.stat().st_size for p in (tmp_path / "probe").rglob("*.arrow")]
+    whole, biggest = sum(sizes), max(sizes)
+    assert len(sizes) >= 8
+    limit = whole // 3
+    rows_per_shard = int(np.median(probe.source.sizes))
+    ds = StreamingDataset(
+        uri,
+        batch_size=10,
+        block=2 * rows_per_shard,
+        cache_dir=str(tmp_path / "c"),
+        cache_limit=limit,
+    )
+    for epoch in range(2):
+        before = ds.cache.bytes_fetched
+        assert sorted(_ids(ds)) == list(range(1200)), f"epoch {epoch}"
+        fetched = ds.cache.bytes_fetched - before
+        assert fetched <= 1.35 * whole, (fetched, whole)
+        assert ds.cache.cached_bytes() <= limit + biggest
+    assert ds.cache.evicted > 0
