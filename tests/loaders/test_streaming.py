@@ -265,3 +265,42 @@ def test_cache_limit_evicts_by_future_use_without_thrashing(tmp_path: Path) -> N
         assert fetched <= 1.35 * whole, (fetched, whole)
         assert ds.cache.cached_bytes() <= limit + biggest
     assert ds.cache.evicted > 0
+
+
+def test_stalled_store_gives_a_clear_timeout(
+    s3_uri: str, s3_config: StorageConfig, seaweedfs: Any, tmp_path: Path
+) -> None:
+    """A store that stops answering mid-epoch: the loader fails with an error naming the
+    object after its bounded retries, instead of hanging."""
+    import time
+
+    from datastore.errors import Unreachable
+    from datastore.s3 import drop_clients
+    from tests.faultproxy import FaultProxy
+
+    rng = np.random.default_rng(1)
+    text = ["".join(rng.choice(list("stuvwxyz"), 50)) for _ in range(300)]
+    with DatasetWriter(s3_uri, config=s3_config, shard_size=4096, row_group_bytes=1024) as w:
+        w.write(pa.table({"idx": np.arange(300), "text": text}))
+    with FaultProxy(("127.0.0.1", seaweedfs.ports["s3"])) as proxy:
+        faulty = s3_config.replace(
+            endpoint_url=proxy.url,
+            read_timeout=0.5,
+            connect_timeout=0.5,
+            max_attempts=2,
+            backoff_base=0.01,
+            backoff_max=0.05,
+        )
+        ds = StreamingDataset(
+            s3_uri, batch_size=16, shuffle=False, config=faulty, cache_dir=str(tmp_path)
+        )
+        assert len(ds.source.sizes) >= 3
+        batches = ds.batches()
+        next(batches)  # the first shard is fetched normally
+        proxy.blackhole()  # then nothing answers
+        drop_clients()  # pooled connections would still be open: as a fresh reader
+        start = time.monotonic()
+        with pytest.raises(Unreachable, match=r"s3://"):
+            for _ in batches:
+                pass
+        assert time.monotonic() - start < 30
