@@ -9,8 +9,11 @@ instead of decoding the shards it touches.
 Batches: for a table dataset, ``{column: numpy array}`` (strings and nested values as Python
 lists); for a packed token dataset (``datastore.packed``), ``input_ids`` (int64, ``(b,
 seq_len)``), ``labels`` (the ids, ``-100`` on padding), ``position_ids`` (restarting at every
-document, the usual way to mask attention across packed documents) and ``cu_seqlens`` (one
-int32 array per row).
+document, the usual way to mask attention across packed documents), ``cu_seqlens`` (int32,
+flash-attention's varlen form over the flattened batch: every document, and each row's padding
+as one more segment, ending at ``b * seq_len``) and ``seq_lens`` (non-pad tokens per row).
+Every value is one array, so a batch crosses the DataLoader's process boundary as a handful
+of shared-memory tensors.
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ class _TableSource:
         if table is None:
 
             def build(tmp: Path) -> None:
-                decoded = self.ds.read_shard(index, self.columns)
+                # One record batch: ``take`` on a memory-mapped single chunk touches only the
+                # rows it takes (on many chunks it would first concatenate the column).
+                decoded = self.ds.read_shard(index, self.columns).combine_chunks()
                 with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, decoded.schema) as w:
                     w.write_table(decoded)
 
@@ -157,25 +162,41 @@ class _TokenSource:
         return got
 
     def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
-        seq_len = self.packed.seq_len
-        ids = np.empty((len(rows), seq_len), np.int64)
-        positions = np.zeros((len(rows), seq_len), np.int64)
-        labels = np.full((len(rows), seq_len), -100, np.int64)
-        cu: list[np.ndarray] = []
-        for i, (s, r) in enumerate(zip(shards.tolist(), rows.tolist(), strict=True)):
+        seq_len, n = self.packed.seq_len, len(rows)
+        ids = np.empty((n, seq_len), np.int64)
+        pieces: list[np.ndarray] = [np.empty(0, np.int64)] * n
+        for s in np.unique(shards).tolist():
             tokens, bounds, lengths = self.shard(s, cache)
-            ids[i] = tokens[r]
-            lens = lengths[bounds[r] : bounds[r + 1]]
-            real = int(lens.sum())
-            starts = np.repeat(np.cumsum(lens) - lens, lens)
-            positions[i, :real] = np.arange(real) - starts
-            labels[i, :real] = ids[i, :real]
-            cu.append(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
-        return {"input_ids": ids, "labels": labels, "position_ids": positions, "cu_seqlens": cu}
+            mine = np.flatnonzero(shards == s)
+            ids[mine] = tokens[np.sort(rows[mine])][np.argsort(np.argsort(rows[mine]))]
+            for i, r in zip(mine.tolist(), rows[mine].tolist(), strict=True):
+                pieces[i] = lengths[bounds[r] : bounds[r + 1]]
+        # Segments of the flattened batch: each row's documents, then its padding (if any) as
+        # one more segment, so cu_seqlens ends at n * seq_len (flash-attention's varlen form).
+        real = np.array([int(p.sum()) for p in pieces], np.int64)
+        segs = [
+            np.append(p, seq_len - t) if t < seq_len else p
+            for p, t in zip(pieces, real, strict=True)
+        ]
+        lens = np.concatenate(segs) if n else np.empty(0, np.int64)
+        cu = np.zeros(len(lens) + 1, np.int32)
+        np.cumsum(lens, out=cu[1:])
+        flat = np.arange(n * seq_len, dtype=np.int64) - np.repeat(cu[:-1].astype(np.int64), lens)
+        positions = flat.reshape(n, seq_len)
+        pad = np.arange(seq_len) >= real[:, None]
+        positions[pad] = 0
+        labels = np.where(pad, -100, ids)
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "position_ids": positions,
+            "cu_seqlens": cu,
+            "seq_lens": real,
+        }
 
     def sample(self, shard: int, row: int, cache: ShardCache) -> dict[str, Any]:
         batch = self.read(np.array([shard]), np.array([row]), cache)
-        return {k: v[0] for k, v in batch.items()}
+        return {k: (v if k == "cu_seqlens" else v[0]) for k, v in batch.items()}
 
 
 #: Shards a reader keeps open (memory-mapped) at once.
