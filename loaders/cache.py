@@ -18,19 +18,28 @@ while a process still has it memory-mapped stays readable to that process.
 from __future__ import annotations
 
 import fcntl
+import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import xxhash
 
+from datastore.errors import PermissionDenied
+
 __all__ = ["ShardCache", "default_cache_dir"]
 
 
+#: The only subdirectories the cache lists, counts and evicts from (never anything else under
+#: its root, which may be a shared scratch directory).
+OWNED = ("tables", "tokens")
+
+
 def default_cache_dir() -> Path:
-    """``$SHARDYARD_CACHE_DIR``, else ``<tmp>/shardyard-cache-<uid>``."""
+    """``$SHARDYARD_CACHE_DIR``, else ``<tmp>/shardyard-cache-<uid>`` (private to the user)."""
     env = os.environ.get("SHARDYARD_CACHE_DIR")
     if env:
         return Path(env)
@@ -48,6 +57,7 @@ class ShardCache:
         next_use: Callable[[str], float] | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
+        _private_dir(self.root)
         self.limit_bytes = limit_bytes
         self.next_use = next_use  # cache name -> how far ahead it is needed (inf: not again)
         self.fetches = 0  # files this process built (fetched and decoded)
@@ -64,8 +74,11 @@ class ShardCache:
         if final.exists() and (final in self._verified or self._intact(final)):
             self._verified.add(final)
             return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with open(final.parent / f".{final.name}.lock", "w") as lock:
+        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_fd = os.open(
+            final.parent / f".{final.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600
+        )
+        with os.fdopen(lock_fd, "r+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if final.exists():
                 if self._intact(final):  # another process built it while we waited
@@ -76,13 +89,14 @@ class ShardCache:
             os.close(fd)
             try:
                 build(Path(tmp))
-                _sum_path(final).write_text(_digest(Path(tmp)))
+                size = os.stat(tmp).st_size
                 os.replace(tmp, final)
+                _write_sum(final)  # hashed once per node, here; readers compare stat fields
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
             self.fetches += 1
-            self.bytes_fetched += final.stat().st_size
+            self.bytes_fetched += size
         self._verified.add(final)
         if self.limit_bytes is not None:
             self._make_room(keep=final)
@@ -94,7 +108,8 @@ class ShardCache:
 
     def _files(self) -> list[tuple[Path, int, float]]:
         out = []
-        for path in self.root.rglob("*"):
+        paths = [p for sub in OWNED for p in (self.root / sub).glob("*")]
+        for path in paths:
             if path.name.startswith("."):
                 continue
             try:
@@ -131,14 +146,45 @@ class ShardCache:
 
     @staticmethod
     def _intact(path: Path) -> bool:
+        """The file is the one published (same inode, size and mtime as recorded then, which
+        the publisher hashed), or, when those changed, its content still hashes the same."""
         try:
-            return _sum_path(path).read_text() == _digest(path)
-        except FileNotFoundError:
+            doc = json.loads(_sum_path(path).read_text())
+            st = path.stat()
+        except (FileNotFoundError, ValueError):
             return False
+        if [st.st_ino, st.st_size, st.st_mtime_ns] == doc.get("stat"):
+            return True
+        return bool(doc.get("xxh3") == _digest(path))
+
+
+def _private_dir(root: Path) -> None:
+    """Create ``root`` (mode 0700) or check that an existing one is a real directory of this
+    user that nobody else may write: other users must not plant data or links in it."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.lstat(root)
+    if (
+        stat.S_ISLNK(st.st_mode)
+        or not stat.S_ISDIR(st.st_mode)
+        or st.st_uid != os.getuid()
+        or st.st_mode & 0o022
+    ):
+        raise PermissionDenied(
+            f"cache directory {root} is a link, not yours, or writable by others; "
+            "set SHARDYARD_CACHE_DIR (or cache_dir=) to a private directory"
+        )
 
 
 def _sum_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.xxh3")
+
+
+def _write_sum(path: Path) -> None:
+    st = path.stat()
+    doc = {"xxh3": _digest(path), "stat": [st.st_ino, st.st_size, st.st_mtime_ns]}
+    tmp = path.with_name(f".{path.name}.xxh3.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, _sum_path(path))
 
 
 def _digest(path: Path) -> str:

@@ -19,6 +19,7 @@ of shared-memory tensors.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -42,7 +43,25 @@ except ImportError as err:  # pragma: no cover - torch is the loaders' reason to
     raise ImportError("loaders needs PyTorch: pip install 'shardyard[torch]'") from err
 
 
-class _TableSource:
+def _retry_evicted(open_: Any) -> Any:
+    """``open_()``, once more if another process evicted the file between its cache lookup
+    and the open (the second lookup rebuilds it)."""
+    try:
+        return open_()
+    except FileNotFoundError:
+        return open_()
+
+
+class _Unpicklable:
+    """Sources drop their open memory maps when shipped to another process."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_open"] = OrderedDict()
+        return state
+
+
+class _TableSource(_Unpicklable):
     """Rows of a table dataset's shards, decoded to uncompressed Arrow IPC in the cache."""
 
     def __init__(self, ds: TableDataset, columns: Sequence[str] | None) -> None:
@@ -54,7 +73,7 @@ class _TableSource:
         names = self.columns if self.columns is not None else ds.schema.names
         self.schema = pa.schema([ds.schema.field(n) for n in names])
         self.sizes = np.array([s.rows for s in ds.shards], np.int64)
-        cols = ",".join(self.columns or ["*"])
+        cols = json.dumps(self.columns)
         self.tag = hashlib.sha256(cols.encode()).hexdigest()[:12]
         self._open: OrderedDict[int, pa.Table] = OrderedDict()
 
@@ -67,7 +86,9 @@ class _TableSource:
 
     def shard(self, index: int, cache: ShardCache) -> pa.Table:
         table = self._open.get(index)
-        if table is None:
+        if table is not None:
+            self._open.move_to_end(index)
+        else:
 
             def build(tmp: Path) -> None:
                 # One record batch: ``take`` on a memory-mapped single chunk touches only the
@@ -76,8 +97,11 @@ class _TableSource:
                 with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, decoded.schema) as w:
                     w.write_table(decoded)
 
-            path = cache.path(self.name(index), build)
-            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            table = _retry_evicted(
+                lambda: pa.ipc.open_file(
+                    pa.memory_map(str(cache.path(self.name(index), build)))
+                ).read_all()
+            )
             _remember(self._open, index, table)
         return table
 
@@ -105,7 +129,7 @@ def _column(col: pa.ChunkedArray) -> Any:
     return col.to_pylist()
 
 
-class _TokenSource:
+class _TokenSource(_Unpicklable):
     """Rows of a packed token dataset, one cache file per ``tokens`` shard object."""
 
     def __init__(self, packed: PackedTokens) -> None:
@@ -137,7 +161,9 @@ class _TokenSource:
 
     def shard(self, index: int, cache: ShardCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         got = self._open.get(index)
-        if got is None:
+        if got is not None:
+            self._open.move_to_end(index)
+        else:
             lo = index * self.shard_rows
             hi = lo + int(self.sizes[index])
             p = self.packed
@@ -155,9 +181,14 @@ class _TokenSource:
                     np.savez(f, bounds=bounds, lengths=lengths)
 
             key = self.key(index)
-            tokens = np.load(cache.path(f"tokens/{key}.npy", build_tokens), mmap_mode="r")
-            with np.load(cache.path(f"tokens/{key}.segments.npz", build_segments)) as z:
-                got = (tokens, z["bounds"], z["lengths"])
+
+            def load() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                path = cache.path(f"tokens/{key}.npy", build_tokens)
+                tokens = np.load(path, mmap_mode="r")
+                with np.load(cache.path(f"tokens/{key}.segments.npz", build_segments)) as z:
+                    return tokens, z["bounds"], z["lengths"]
+
+            got = _retry_evicted(load)
             _remember(self._open, index, got)
         return got
 
@@ -259,6 +290,10 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         self.weights = np.asarray(weights if weights is not None else sizes, np.float64)
         if len(uris) > 1 and ((self.weights <= 0).any() or min(sizes) == 0):
             raise InvalidInput("every dataset of a mixture needs samples and a positive weight")
+        if len(uris) == 1 and (samples is not None or weights is not None):
+            raise InvalidInput("samples= and weights= apply to a mixture of several datasets")
+        if block < 1 or batch_size < 1:
+            raise InvalidInput(f"batch_size ({batch_size}) and block ({block}) must be positive")
         self.samples = int(samples) if samples is not None else sum(sizes)
         self.uri, self.version = self.source.uri, self.source.version
         self.batch_size = batch_size
@@ -272,9 +307,12 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         self.epoch = 0
         self._start = 0
         self._steps = 0  # batches this process consumed (iterating without workers)
-        BatchPlan(self.total, batch_size, world, policy=policy)  # validates the settings
         if not 0 <= rank < world:
             raise InvalidInput(f"rank {rank} is outside world size {world}")
+        try:
+            BatchPlan(self.total, batch_size, world, policy=policy)
+        except ValueError as err:
+            raise InvalidInput(f"StreamingDataset({self.uri}): {err}") from None
 
     # -- sizes and random access -----------------------------------------------------------
     @property
@@ -294,6 +332,8 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         if len(self.sources) > 1:
             h.update(self.weights.tobytes())
             h.update(str(self.samples).encode())
+        # the order depends on these too: a position means nothing in another order
+        h.update(f"block={self.block},shuffle={self.shuffle}".encode())
         names = "+".join(f"{s.uri}@{s.version}" for s in self.sources)
         return f"{names}:{h.hexdigest()[:16]}"
 
@@ -321,23 +361,29 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
 
     def mixture(self) -> MixedOrder:
         """This epoch's mixture order."""
-        return MixedOrder(
-            tuple(s.sizes for s in self.sources),
-            self.weights,
-            self.samples,
-            self.seed,
-            self.epoch,
-            self.shuffle,
-            self.block,
-        )
+        memo = getattr(self, "_mixture_memo", None)
+        if memo is None or memo.epoch != self.epoch:
+            memo = MixedOrder(
+                tuple(s.sizes for s in self.sources),
+                self.weights,
+                self.samples,
+                self.seed,
+                self.epoch,
+                self.shuffle,
+                self.block,
+            )
+            self._mixture_memo = memo
+        return memo
 
     def plan(self) -> BatchPlan:
         """This epoch's batches from the current position on."""
         return BatchPlan(self.total, self.batch_size, self.world, self._start, self.policy)
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its beginning."""
-        self.epoch, self._start, self._steps = epoch, 0, 0
+        """Start epoch ``epoch`` from its beginning (the current epoch: no change, so the usual
+        ``for epoch in range(start, n): ds.set_epoch(epoch)`` keeps a mid-epoch resume)."""
+        if epoch != self.epoch:
+            self.epoch, self._start, self._steps = epoch, 0, 0
 
     def state_dict(self, steps: int | None = None) -> dict[str, Any]:
         """Where the run stands after ``steps`` batches per rank in this epoch (default: what
@@ -345,7 +391,8 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         taken = self._steps if steps is None else steps
         position = self.plan().consumed(taken)
         epoch = self.epoch
-        if position >= self.total or taken >= self.plan().steps(self.rank) > 0:
+        # every rank rolls over together: at rank 0's step count (the largest)
+        if position >= self.total or taken >= self.plan().steps(0) > 0:
             epoch, position = epoch + 1, 0
         return LoaderState(epoch, position, self.seed, self.fingerprint, self.total).to_dict()
 
@@ -389,8 +436,11 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         if shard is None:
             return math.inf
         order = self.order()
-        j = int(np.flatnonzero(order.shard_order == shard)[0])
-        end = int(order._perm_ends[j])
+        memo = getattr(self, "_rank_memo", None)
+        if memo is None or memo[0] is not order:
+            memo = (order, np.argsort(order.shard_order))
+            self._rank_memo = memo
+        end = int(order._perm_ends[memo[1][shard]])
         first, last = (end - int(self.source.sizes[shard])) // self.block, (end - 1) // self.block
         current = self._cursor // self.block
         if last < current:
@@ -400,8 +450,14 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     def _read_batch(
         self, plan: BatchPlan, order: EpochOrder | MixedOrder, g: int
     ) -> dict[str, Any]:
-        pos, _pad = plan.positions(g)
+        pos, pad = plan.positions(g)
         self._cursor = int(pos[0])
+        batch = self._read_positions(order, pos)
+        if self.policy == "pad":
+            batch["is_padding"] = pad  # repeats of the epoch's first samples
+        return batch
+
+    def _read_positions(self, order: EpochOrder | MixedOrder, pos: np.ndarray) -> dict[str, Any]:
         if int(pos[-1] - pos[0]) == len(pos) - 1:  # contiguous (always, unless padding)
             spans = [(int(pos[0]), int(pos[-1]) + 1)]
         else:
@@ -439,6 +495,7 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         if info is not None:
             yield from self.batches(info.id, info.num_workers)
             return
+        self._start, self._steps = self.plan().consumed(self._steps), 0  # a re-iteration goes on
         for batch in self.batches():
             self._steps += 1
             yield batch
@@ -452,17 +509,23 @@ class StatefulLoader:
     def __init__(self, dataset: StreamingDataset, **kwargs: Any) -> None:
         if kwargs.get("batch_size") is not None:
             raise InvalidInput("StatefulLoader batches in the dataset: drop batch_size")
+        if kwargs.get("in_order") is False:
+            raise InvalidInput("StatefulLoader needs in_order=True: positions follow the order")
         self.dataset = dataset
         self.kwargs = {**kwargs, "batch_size": None}
         self.steps = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        loader = DataLoader(self.dataset, **self.kwargs)
+        ds = self.dataset
+        if self.steps:  # a new iteration after a partial one continues after what was seen
+            ds.load_state_dict(ds.state_dict(self.steps))
         self.steps = 0
-        for batch in loader:
+        epoch = ds.epoch
+        for batch in DataLoader(ds, **self.kwargs):
             self.steps += 1
             yield batch
-        self.dataset.set_epoch(self.dataset.epoch + 1)
+        if ds.epoch == epoch:  # without workers the dataset has already moved on itself
+            ds.set_epoch(epoch + 1)
         self.steps = 0
 
     def __len__(self) -> int:

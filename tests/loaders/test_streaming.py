@@ -309,3 +309,46 @@ def test_stalled_store_gives_a_clear_timeout(
             for _ in batches:
                 pass
         assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_epochs_advance_once_and_states_are_strict(
+    table_uri: str, tmp_path: Path, workers: int
+) -> None:
+    ds = StreamingDataset(table_uri, batch_size=50, seed=4, cache_dir=str(tmp_path / "c"))
+    loader = StatefulLoader(ds, num_workers=workers)
+    one, two = _ids(loader), _ids(loader)
+    assert ds.epoch == 2 and sorted(one) == sorted(two) == list(range(N)) and one != two
+    other_block = StreamingDataset(table_uri, batch_size=50, seed=4, block=10)
+    with pytest.raises(InvalidInput, match="resume with the dataset version and seed"):
+        other_block.load_state_dict(loader.state_dict())
+    with pytest.raises(InvalidInput, match="apply to a mixture"):
+        StreamingDataset(table_uri, batch_size=2, samples=10)
+    with pytest.raises(InvalidInput, match="must be positive"):
+        StreamingDataset(table_uri, batch_size=2, block=0)
+    with pytest.raises(InvalidInput, match="in_order=True"):
+        StatefulLoader(ds, in_order=False)
+
+
+def test_padding_is_flagged_and_foreign_files_are_never_evicted(
+    table_uri: str, tmp_path: Path
+) -> None:
+    mine = tmp_path / "keep.txt"
+    mine.write_text("not the cache's")
+    ds = StreamingDataset(
+        table_uri,
+        batch_size=64,
+        world=3,
+        rank=0,
+        policy="pad",
+        cache_dir=str(tmp_path),
+        cache_limit=1,
+    )
+    flags = [b["is_padding"] for b in ds.batches()]
+    steps = [
+        StreamingDataset(table_uri, batch_size=64, world=3, rank=r, policy="pad").plan().steps(r)
+        for r in range(3)
+    ]
+    assert len(set(steps)) == 1 and len(flags) == steps[0]
+    assert any(f.any() for f in flags) or N % (3 * 64) == 0
+    assert mine.read_text() == "not the cache's", "eviction touches only the cache's own files"
