@@ -38,9 +38,10 @@ class _BatchSource:
         self.dataset = dataset
         self.names = list(names)
 
-    def __call__(self, info: Any) -> tuple[list[np.ndarray], ...]:
+    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
         batch = self.dataset.batch_at(int(info.iteration))  # StopIteration ends the epoch
-        return tuple([np.ascontiguousarray(x) for x in batch[name]] for name in self.names)
+        # one dense array per output (batch first): DALI's batches get the PyTorch path's shapes
+        return tuple(np.ascontiguousarray(batch[name]) for name in self.names)
 
 
 def output_names(dataset: StreamingDataset) -> list[str]:

@@ -27,7 +27,12 @@ def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _ids(batches: Any) -> list[int]:
-    return [int(i) for b in batches for i in np.asarray(b["idx"]).reshape(-1)]
+    out = []
+    for b in batches:
+        idx = np.asarray(b["idx"])
+        assert idx.ndim == 1, "the same shapes as the PyTorch path"
+        out += [int(i) for i in idx]
+    return out
 
 
 @pytest.mark.parametrize("parallel", [False, True])
@@ -57,3 +62,23 @@ def test_resume_and_errors(uri: str, tmp_path: Path) -> None:
     assert sorted(head + rest) == list(range(203))
     with pytest.raises(InvalidInput, match="no numeric columns"):
         iter(DaliLoader(StreamingDataset(uri, batch_size=4, columns=["s"]))).__next__()
+
+
+def test_token_rows_through_dali(tmp_path: Path) -> None:
+    from pipelines.config import ExecutionConfig
+    from pipelines.tokenize import TokenizeConfig, tokenize
+
+    with DatasetWriter(str(tmp_path / "docs")) as w:
+        w.write(pa.table({"text": ["one document", "another, longer document " * 4] * 10}))
+    cfg = TokenizeConfig(
+        seq_len=32, execution=ExecutionConfig(workers=1, processes=False, progress=False)
+    )
+    tokenize(str(tmp_path / "docs"), str(tmp_path / "tok"), cfg)
+    kw: dict[str, Any] = {"batch_size": 4, "seed": 1, "cache_dir": str(tmp_path / "c")}
+    torch_batches = list(StatefulLoader(StreamingDataset(str(tmp_path / "tok"), **kw)))
+    dali_batches = list(DaliLoader(StreamingDataset(str(tmp_path / "tok"), **kw)))
+    assert len(dali_batches) == len(torch_batches) > 1
+    for d, t in zip(dali_batches, torch_batches, strict=True):
+        for key in ("input_ids", "labels", "position_ids"):
+            assert d[key].shape == t[key].shape
+            assert np.array_equal(d[key].numpy(), t[key].numpy())
