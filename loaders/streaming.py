@@ -13,7 +13,11 @@ document, the usual way to mask attention across packed documents), ``cu_seqlens
 flash-attention's varlen form over the flattened batch: every document, and each row's padding
 as one more segment, ending at ``b * seq_len``) and ``seq_lens`` (non-pad tokens per row).
 Every value is one array, so a batch crosses the DataLoader's process boundary as a handful
-of shared-memory tensors.
+of shared-memory tensors. ``labels`` are not masked at document starts: a model that shifts
+labels internally (Hugging Face causal LMs) learns to predict a document's first token from
+the end of the previous one unless attention is limited by ``position_ids``/``cu_seqlens``.
+A numeric column with nulls in a batch comes back as a Python list (with ``None``), not an
+array.
 """
 
 from __future__ import annotations
