@@ -24,13 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from datastore import __version__
-from datastore.atomic import CommitOnExit, commit_manifest
+from datastore.atomic import CommitOnExit, commit_version
 from datastore.config import StorageConfig
 from datastore.errors import InvalidInput, ShardyardError
 from datastore.manifest import (
     ArrayInfo,
-    CreationInfo,
     Manifest,
     ObjectEntry,
     ParentRef,
@@ -195,19 +193,9 @@ def commit_arrays(
     infos = list(arrays)
     if not infos:
         raise InvalidInput(f"no arrays to commit to {store.uri}")
-
-    def build(v: int) -> Manifest:
-        return Manifest(
-            version=v,
-            kind="array",
-            schema=None,
-            arrays=infos,
-            created=CreationInfo.now(f"shardyard {__version__}"),
-            parents=list(parents),
-            metadata=dict(metadata or {}),
-        )
-
-    return commit_manifest(store, build, version)
+    return commit_version(
+        store, version, parents, metadata, kind="array", schema=None, arrays=infos
+    )
 
 
 class _Appender:

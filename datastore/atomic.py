@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
+from datastore import __version__
 from datastore.errors import AlreadyExists, NotFound, PreconditionFailed, Unsupported
-from datastore.manifest import MANIFEST_DIR, Manifest, manifest_key, parse_manifest_key
+from datastore.manifest import (
+    MANIFEST_DIR,
+    CreationInfo,
+    Manifest,
+    ParentRef,
+    manifest_key,
+    parse_manifest_key,
+)
 from datastore.store import ObjectStore
 
 __all__ = [
@@ -109,6 +117,30 @@ def commit_manifest(
     raise VersionConflict(
         f"could not commit {store.uri}: {attempts} versions in a row were taken by other writers"
     )
+
+
+def commit_version(
+    store: ObjectStore,
+    version: int | None,
+    parents: Sequence[ParentRef],
+    metadata: dict[str, Any] | None,
+    **content: Any,
+) -> Manifest:
+    """Commit a version whose data objects are already published: a manifest of ``content``
+    (kind, schema, shards or arrays...) created now by this Shardyard, via
+    :func:`commit_manifest`."""
+    parent_list, meta = list(parents), dict(metadata or {})
+
+    def build(v: int) -> Manifest:
+        return Manifest(
+            version=v,
+            created=CreationInfo.now(f"shardyard {__version__}"),
+            parents=parent_list,
+            metadata=meta,
+            **content,
+        )
+
+    return commit_manifest(store, build, version)
 
 
 def _put_and_confirm(store: ObjectStore, key: str, body: bytes) -> None:

@@ -11,13 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from datastore import __version__
-from datastore.atomic import CommitOnExit, commit_manifest
+from datastore.atomic import CommitOnExit, commit_version
 from datastore.config import StorageConfig
 from datastore.errors import InvalidInput, ShardyardError, Unsupported
 from datastore.manifest import (
     CHECKSUM_ALGORITHM,
-    CreationInfo,
     Manifest,
     ParentRef,
     ShardInfo,
@@ -204,21 +202,16 @@ def commit_table(
     ``version`` None takes the next free number; an explicit one that is taken raises
     :class:`~datastore.atomic.VersionConflict`.
     """
-    shard_list = list(shards)
-
-    def build(v: int) -> Manifest:
-        return Manifest(
-            version=v,
-            kind="table",
-            schema=schema,
-            table_format=format,
-            shards=shard_list,
-            created=CreationInfo.now(f"shardyard {__version__}"),
-            parents=list(parents),
-            metadata=dict(metadata or {}),
-        )
-
-    return commit_manifest(store, build, version)
+    return commit_version(
+        store,
+        version,
+        parents,
+        metadata,
+        kind="table",
+        schema=schema,
+        table_format=format,
+        shards=list(shards),
+    )
 
 
 class DatasetWriter(CommitOnExit):

@@ -31,6 +31,26 @@ app = typer.Typer(
     help="Ingest raw corpora (JSONL, Parquet, CSV, text; local or s3://) into a dataset.",
 )
 
+# Where and how a job runs: the same flags for every Dask job.
+_SCHEDULER = typer.Option(
+    None,
+    "--scheduler",
+    help="tcp://HOST:PORT of an existing Dask scheduler (else DASK_SCHEDULER_ADDRESS, "
+    "else a LocalCluster).",
+)
+_WORKERS = typer.Option(
+    None, "--workers", "-w", help="LocalCluster worker processes (default: one per core)."
+)
+_MEMORY_LIMIT = typer.Option(
+    None, "--memory-limit", help="Memory per LocalCluster worker, e.g. 4GiB."
+)
+_WORK_DIR = typer.Option(
+    None, "--work-dir", help="Where resumable task outputs go (default: OUTPUT/_work)."
+)
+_KEEP_WORK = typer.Option(False, "--keep-work", help="Keep the work directory.")
+_JSON = typer.Option(False, "--json", help="Print the run report as JSON on stdout.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary.")
+
 _SETS_HELP = (
     "Override any config key, e.g. --set filters.min_words=20 --set dedup.fuzzy.bands=16 "
     "(repeatable; applied after --config and the flags)."
@@ -73,25 +93,14 @@ def run(
         "--max-errors",
         help="Fail when more records are quarantined: a count, or a fraction below 1.",
     ),
-    scheduler: str | None = typer.Option(
-        None,
-        "--scheduler",
-        help="tcp://HOST:PORT of an existing Dask scheduler (else DASK_SCHEDULER_ADDRESS, "
-        "else a LocalCluster).",
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", "-w", help="LocalCluster worker processes (default: one per core)."
-    ),
-    memory_limit: str | None = typer.Option(
-        None, "--memory-limit", help="Memory per LocalCluster worker, e.g. 4GiB."
-    ),
-    work_dir: str | None = typer.Option(
-        None, "--work-dir", help="Where resumable task outputs go (default: OUTPUT/_work)."
-    ),
-    keep_work: bool = typer.Option(False, "--keep-work", help="Keep the work directory."),
+    scheduler: str | None = _SCHEDULER,
+    workers: int | None = _WORKERS,
+    memory_limit: str | None = _MEMORY_LIMIT,
+    work_dir: str | None = _WORK_DIR,
+    keep_work: bool = _KEEP_WORK,
     sets: list[str] = typer.Option([], "--set", help=_SETS_HELP, show_default=False),
-    as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+    as_json: bool = _JSON,
+    quiet: bool = _QUIET,
 ) -> None:
     """Ingest INPUTS into a new version of the dataset at --output.
 
@@ -247,21 +256,13 @@ def tokenize_command(
     chunk_rows: int | None = typer.Option(
         None, "--chunk-rows", help="Rows per inner Zarr chunk (default: ~1 MiB)."
     ),
-    scheduler: str | None = typer.Option(
-        None, "--scheduler", help="tcp://HOST:PORT of an existing Dask scheduler."
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", "-w", help="LocalCluster worker processes (default: one per core)."
-    ),
-    memory_limit: str | None = typer.Option(
-        None, "--memory-limit", help="Memory per LocalCluster worker, e.g. 4GiB."
-    ),
-    work_dir: str | None = typer.Option(
-        None, "--work-dir", help="Where resumable task outputs go (default: OUTPUT/_work)."
-    ),
-    keep_work: bool = typer.Option(False, "--keep-work", help="Keep the work directory."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+    scheduler: str | None = _SCHEDULER,
+    workers: int | None = _WORKERS,
+    memory_limit: str | None = _MEMORY_LIMIT,
+    work_dir: str | None = _WORK_DIR,
+    keep_work: bool = _KEEP_WORK,
+    as_json: bool = _JSON,
+    quiet: bool = _QUIET,
 ) -> None:
     """Tokenize SOURCE's text column and pack it into fixed-length rows of a Zarr token
     dataset with per-row document boundaries. Re-running the same command after a crash

@@ -37,7 +37,6 @@ from datastore import (
     StorageConfig,
     __version__,
     commit_table,
-    open_dataset,
     open_store,
     write_shard,
 )
@@ -51,7 +50,7 @@ from pipelines.readers import QUARANTINE_SCHEMA, partition_of
 from pipelines.report import IngestReport, build_report
 from pipelines.runner import Progress, dask_client, run_tasks
 from pipelines.stages import dedup as dd
-from pipelines.work import WorkDir
+from pipelines.work import WorkDir, committed_job, job_work_uri
 
 __all__ = ["ingest"]
 
@@ -82,17 +81,14 @@ def ingest(
         inputs = [inputs]
     output = output.rstrip("/")
     timings: dict[str, float] = {}
-    work_root = (config.execution.work_dir or f"{output}/_work").rstrip("/")
+    work_root, _ = job_work_uri(output, config.execution.work_dir, "")
 
     t = time.perf_counter()
     files, listing_key = _listing(inputs, config, storage, work_root)
     plan = make_plan(files, config)
     timings["plan"] = time.perf_counter() - t
     job = plan.job_id
-    # A work directory shared by several outputs keeps each output's jobs apart.
-    work_uri = f"{work_root}/{job}"
-    if config.execution.work_dir:
-        work_uri = f"{work_root}/{hashlib.sha256(output.encode()).hexdigest()[:12]}-{job}"
+    _, work_uri = job_work_uri(output, config.execution.work_dir, job)
     done = _already_committed(output, job, storage)
     if done is not None:
         say(f"job {job} is already committed as version {done.output_version}; nothing to do")
@@ -199,14 +195,8 @@ def _buckets(plan: Plan, config: IngestConfig) -> int:
 
 
 def _already_committed(output: str, job: str, storage: StorageConfig | None) -> IngestReport | None:
-    try:
-        ds = open_dataset(output, config=storage)
-    except (NotFound, FileNotFoundError):
-        return None
-    meta = ds.manifest.metadata.get("ingest", {})
-    if meta.get("job_id") != job or "report" not in meta:
-        return None
-    return IngestReport.from_dict(meta["report"])
+    found = committed_job(output, "ingest", job, storage)
+    return IngestReport.from_dict(found[1]["report"]) if found else None
 
 
 def _check_errors(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,11 +16,27 @@ if TYPE_CHECKING:
     from pipelines.plan import Plan
     from pipelines.tasks import JobContext
 
-__all__ = ["IngestReport", "build_report", "explain"]
+__all__ = ["IngestReport", "JobReport", "build_report", "explain"]
+
+_R = TypeVar("_R", bound="JobReport")
+
+
+class JobReport:
+    """A dataclass report that round-trips through JSON (``--json``, manifest metadata)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return dict(asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_R], doc: dict[str, Any]) -> _R:
+        """Inverse of :meth:`to_dict` (unknown keys from newer versions are ignored)."""
+        names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        return cls(**{k: v for k, v in doc.items() if k in names})
 
 
 @dataclass
-class IngestReport:
+class IngestReport(JobReport):
     """What an ingest job did. ``to_dict`` is what ``--json`` prints and what the manifest
     keeps; sizes are bytes, times seconds."""
 
@@ -52,16 +68,6 @@ class IngestReport:
     quarantine_version: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     workers_lost: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> IngestReport:
-        """Inverse of :meth:`to_dict` (unknown keys from newer versions are ignored)."""
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in doc.items() if k in names})
 
     def summary(self) -> str:
         """The human summary printed at the end of a run."""

@@ -38,7 +38,6 @@ from datastore import (
     ParentRef,
     StorageConfig,
     commit_arrays,
-    dataset_versions,
     open_dataset,
     open_store,
 )
@@ -47,10 +46,11 @@ from datastore.manifest import ObjectEntry
 from datastore.packed import PACKED_ATTRIBUTE, ROW_SEGMENTS, SEGMENTS, TOKENS
 from pipelines.config import ExecutionConfig
 from pipelines.packing import PACKINGS, Packing, count_split, fill_range, stream_length
+from pipelines.report import JobReport
 from pipelines.runner import Progress, dask_client, run_tasks
 from pipelines.sources import open_text_source
 from pipelines.tokenizer import Tokenizer, TokenizerSpec, load_tokenizer
-from pipelines.work import WorkDir
+from pipelines.work import WorkDir, committed_job, job_work_uri
 
 __all__ = ["TokenizeConfig", "TokenizeReport", "tokenize"]
 
@@ -95,7 +95,7 @@ class TokenizeConfig:
 
 
 @dataclass
-class TokenizeReport:
+class TokenizeReport(JobReport):
     """What a tokenize job did; ``to_dict`` is what ``--json`` prints and the manifest keeps.
 
     ``total_tokens`` counts every non-pad position (document tokens plus one EOS per document);
@@ -128,16 +128,6 @@ class TokenizeReport:
     workers_lost: int = 0
     engine: str = ""  # what encoded: builtin, tokenizers, fastokens (or several, comma-separated)
     engine_fallbacks: int = 0  # batches fastokens handed to tokenizers after a spot-check
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> TokenizeReport:
-        """Inverse of :meth:`to_dict` (unknown keys from newer versions are ignored)."""
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in doc.items() if k in names})
 
     def summary(self) -> str:
         """The human summary printed at the end of a run."""
@@ -457,10 +447,7 @@ def _job(
         "layouts": [dataclasses.asdict(x) for x in (tokens, row_segments, segments)],
     }
     job_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    work_root = (config.execution.work_dir or f"{output}/_work").rstrip("/")
-    work_uri = f"{work_root}/tok-{job_id}"
-    if config.execution.work_dir:
-        work_uri = f"{work_root}/{hashlib.sha256(output.encode()).hexdigest()[:12]}-tok-{job_id}"
+    _, work_uri = job_work_uri(output, config.execution.work_dir, f"tok-{job_id}")
     return _Job(
         job_id=job_id,
         output_uri=output,
@@ -493,18 +480,12 @@ def _software_versions() -> dict[str, str]:
 def _already_committed(
     output: str, job_id: str, storage: StorageConfig | None
 ) -> TokenizeReport | None:
-    """The report of the version this job committed, looking through every version (newest
-    first): a rerun must not rewrite objects an older version references."""
-    try:
-        versions = dataset_versions(output, storage)
-    except (NotFound, FileNotFoundError):
+    """The report of the version this job committed, if any (see :func:`committed_job`)."""
+    found = committed_job(output, "tokenize", job_id, storage)
+    if found is None:
         return None
-    for v in reversed(versions):
-        ds = open_dataset(output, v, config=storage)
-        meta = ds.manifest.metadata.get("tokenize", {})
-        if meta.get("job_id") == job_id and "report" in meta:
-            return TokenizeReport.from_dict({**meta["report"], "output_version": ds.version})
-    return None
+    version, meta = found
+    return TokenizeReport.from_dict({**meta["report"], "output_version": version})
 
 
 # -- tasks --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ few range reads, whatever the number of buckets.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -23,7 +24,36 @@ import pyarrow.parquet as pq
 from datastore import ObjectStore, StorageConfig, open_store, resolve_filesystem
 from datastore.errors import NotFound
 
-__all__ = ["WorkDir"]
+__all__ = ["WorkDir", "committed_job", "job_work_uri"]
+
+
+def job_work_uri(output: str, work_dir: str | None, name: str) -> tuple[str, str]:
+    """``(work root, work URI)`` of job ``name`` writing ``output``: ``OUTPUT/_work/<name>`` by
+    default; under a ``--work-dir`` shared by several outputs, the name is prefixed with a hash
+    of the output so their jobs stay apart."""
+    root = (work_dir or f"{output}/_work").rstrip("/")
+    if work_dir:
+        return root, f"{root}/{hashlib.sha256(output.encode()).hexdigest()[:12]}-{name}"
+    return root, f"{root}/{name}"
+
+
+def committed_job(
+    output: str, section: str, job_id: str, storage: StorageConfig | None
+) -> tuple[int, dict[str, Any]] | None:
+    """``(version, metadata[section])`` of the newest version of ``output`` that job ``job_id``
+    committed, looking through every version: a rerun of a finished job must neither redo it
+    nor rewrite objects (named by the job id) that an older version references."""
+    from datastore import dataset_versions, open_dataset
+
+    try:
+        versions = dataset_versions(output, storage)
+    except (NotFound, FileNotFoundError):
+        return None
+    for v in reversed(versions):
+        meta = open_dataset(output, v, config=storage).manifest.metadata.get(section, {})
+        if meta.get("job_id") == job_id and "report" in meta:
+            return v, meta
+    return None
 
 
 class WorkDir:

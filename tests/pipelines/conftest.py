@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,15 @@ import pytest
 
 from pipelines.config import ExecutionConfig, IngestConfig
 
-CORPUS = Path(__file__).resolve().parents[2] / "examples" / "corpus" / "docs.jsonl"
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = REPO / "examples" / "corpus" / "docs.jsonl"
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for ``python -m shardyard`` subprocesses: this checkout importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
 
 
 def fast_config(**execution: Any) -> IngestConfig:

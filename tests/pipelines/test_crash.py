@@ -22,9 +22,8 @@ import pytest
 from datastore import open_dataset
 from pipelines import ingest
 from pipelines.config import IngestConfig, load_config
-from tests.pipelines.conftest import write_corpus
+from tests.pipelines.conftest import cli_env, write_corpus
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.xdist_group("crash")
 
 CONFIG = """
@@ -43,12 +42,6 @@ workers = 1
 processes = false
 progress = false
 """
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def _sums(uri: str) -> list[tuple[str, int]]:
@@ -102,7 +95,7 @@ def test_kill_client_and_rerun(job: dict[str, Any], tmp_path: Path, phase: str, 
         str(job["config"]),
         "--json",
     ]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for(lambda: _markers(out, phase) >= after or proc.poll() is not None)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -114,7 +107,7 @@ def test_kill_client_and_rerun(job: dict[str, Any], tmp_path: Path, phase: str, 
     assert not (out / "_manifests").exists()  # nothing committed by the killed run
     # the rerun may use another number of workers: the job's identity does not depend on it
     done = subprocess.run(
-        [*cmd, "--workers", "2"], env=_env(), capture_output=True, text=True, timeout=300
+        [*cmd, "--workers", "2"], env=cli_env(), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -144,7 +137,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 "--scheduler-file",
                 str(sched_file),
             ],
-            env=_env(),
+            env=cli_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -170,7 +163,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
                         "--dashboard-address",
                         ":0",
                     ],
-                    env=_env(),
+                    env=cli_env(),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                     cwd=tmp_path,

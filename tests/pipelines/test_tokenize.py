@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -32,8 +31,7 @@ from datastore.packed import PackedTokens, open_packed
 from pipelines.config import ExecutionConfig
 from pipelines.tokenize import TokenizeConfig, TokenizeReport, tokenize
 from pipelines.tokenizer import ByteTokenizer, HFTokenizer, TokenizerSpec, load_tokenizer
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.pipelines.conftest import CORPUS, cli_env
 
 
 def _config(tokenizer: str = "bytes", **kw: Any) -> TokenizeConfig:
@@ -238,16 +236,10 @@ def test_bad_input_is_refused(text_dataset: dict[str, Any], tmp_path: Path) -> N
     assert not (tmp_path / "t" / "_manifests").exists(), "nothing was committed"
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shardyard", *args],
-        env=_env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -294,8 +286,6 @@ def test_cli_json_train_and_errors(text_dataset: dict[str, Any], tmp_path: Path)
 @pytest.mark.xdist_group("crash")
 def test_kill_9_mid_pack_and_rerun(tmp_path: Path) -> None:
     """Kill the CLI while it packs, rerun with another worker count: same bytes."""
-    from tests.pipelines.conftest import CORPUS
-
     texts = [json.loads(line)["text"] for line in CORPUS.read_text().splitlines()][:120]
     with DatasetWriter(str(tmp_path / "docs"), shard_size=48 * 1024) as w:
         w.write(pa.table({"text": texts}))
@@ -314,7 +304,7 @@ def test_kill_9_mid_pack_and_rerun(tmp_path: Path) -> None:
     assert base.returncode == 0, base.stderr
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "shardyard", *args, "-o", str(out), "--workers", "1"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def packed() -> int:
         return sum(1 for _ in (out / "_work").glob("tok-*/b/*.json")) if out.exists() else 0
