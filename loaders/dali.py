@@ -9,8 +9,9 @@ GPU id the outputs are copied to the GPU by DALI. :class:`DaliLoader` iterates i
 DataLoader (``DALIGenericIterator``: dicts of torch tensors) and keeps the position for
 ``state_dict()`` / ``load_state_dict()``.
 
-Token datasets give ``input_ids``, ``labels`` and ``position_ids``; table datasets give their
-numeric columns (DALI has no string tensors: pick them with ``columns=``).
+Token datasets give ``input_ids``, ``labels``, ``position_ids`` and ``seq_lens`` (those of
+them the dataset's ``outputs=`` names; ``cu_seqlens`` spans a batch, not a sample); table
+datasets give their numeric columns (DALI has no string tensors: pick them with ``columns=``).
 
 Not done yet (see the Loaders issue): the GPUDirect Storage path with
 ``fn.readers.numpy(device="gpu")`` and its benchmark.
@@ -24,11 +25,13 @@ from typing import Any
 import numpy as np
 
 from datastore.errors import InvalidInput
-from loaders.streaming import StreamingDataset, _TokenSource
+from loaders.sources import TokenSource
+from loaders.streaming import StreamingDataset
 
 __all__ = ["DaliLoader", "dali_pipeline"]
 
-TOKEN_OUTPUTS = ("input_ids", "labels", "position_ids")
+#: Token outputs DALI can carry (dense, one row per sample; ``cu_seqlens`` spans the batch).
+TOKEN_OUTPUTS = ("input_ids", "labels", "position_ids", "seq_lens")
 
 
 class _BatchSource:
@@ -49,8 +52,14 @@ def output_names(dataset: StreamingDataset) -> list[str]:
     import pyarrow as pa
 
     src = dataset.source
-    if isinstance(src, _TokenSource):
-        return list(TOKEN_OUTPUTS)
+    if isinstance(src, TokenSource):
+        names = [o for o in src.outputs if o in TOKEN_OUTPUTS]
+        if not names:
+            raise InvalidInput(
+                f"outputs={list(src.outputs)} of {dataset.uri} leave DALI nothing to carry: "
+                f"add one of {', '.join(TOKEN_OUTPUTS)}"
+            )
+        return names
     names = [
         f.name for f in src.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
     ]

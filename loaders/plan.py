@@ -192,14 +192,18 @@ class BatchPlan:
         self._check_rank(rank)
         return max(0, math.ceil((self.num_batches - rank) / self.world))
 
-    def batches(self, rank: int, worker: int = 0, workers: int = 1) -> np.ndarray:
+    def batches(self, rank: int, worker: int = 0, workers: int = 1, group: int = 1) -> np.ndarray:
         """Global batch indices worker ``worker`` of ``workers`` on rank ``rank`` produces, in
-        the order the rank consumes them."""
+        the order the rank consumes them: runs of ``group`` consecutive steps, dealt to the
+        workers in turn (the DataLoader's round robin then restores the rank's order)."""
         self._check_rank(rank)
         if not 0 <= worker < workers:
             raise ValueError(f"worker {worker} is outside 0..{workers - 1}")
-        steps = np.arange(worker, self.steps(rank), workers, dtype=np.int64)
-        return steps * self.world + rank
+        if group < 1:
+            raise ValueError(f"group must be positive; got {group}")
+        steps = np.arange(self.steps(rank), dtype=np.int64)
+        mine: np.ndarray = steps[(steps // group) % workers == worker]
+        return mine * self.world + rank
 
     def positions(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions of global batch ``batch`` and whether each one is padding (a wrapped

@@ -12,8 +12,9 @@ seq_len)``), ``labels`` (the ids, ``-100`` on padding), ``position_ids`` (restar
 document, the usual way to mask attention across packed documents), ``cu_seqlens`` (int32,
 flash-attention's varlen form over the flattened batch: every document, and each row's padding
 as one more segment, ending at ``b * seq_len``) and ``seq_lens`` (non-pad tokens per row).
-Every value is one array, so a batch crosses the DataLoader's process boundary as a handful
-of shared-memory tensors. ``labels`` are not masked at document starts: a model that shifts
+``outputs=`` picks a subset of these (fewer bytes per batch). Every value is one array; a
+:class:`StatefulLoader` worker sends several batches at a time as one shared-memory block.
+``labels`` are not masked at document starts: a model that shifts
 labels internally (Hugging Face causal LMs) learns to predict a document's first token from
 the end of the previous one unless attention is limited by ``position_ids``/``cu_seqlens``.
 A numeric column with nulls in a batch comes back as a Python list (with ``None``), not an
@@ -22,22 +23,20 @@ array.
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import json
 import math
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from datastore import ArrayDataset, StorageConfig, TableDataset, open_dataset
 from datastore.errors import InvalidInput
 from datastore.packed import PackedTokens
 from loaders.cache import ShardCache
 from loaders.plan import DEFAULT_BLOCK, BatchPlan, EpochOrder, LoaderState, MixedOrder, Policy
+from loaders.sources import TableSource, TokenRows, TokenSource, assemble, merge_tables
 
 __all__ = ["StatefulLoader", "StreamingDataset"]
 
@@ -45,204 +44,6 @@ try:
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 except ImportError as err:  # pragma: no cover - torch is the loaders' reason to exist
     raise ImportError("loaders needs PyTorch: pip install 'shardyard[torch]'") from err
-
-
-def _retry_evicted(open_: Any) -> Any:
-    """``open_()``, once more if another process evicted the file between its cache lookup
-    and the open (the second lookup rebuilds it)."""
-    try:
-        return open_()
-    except FileNotFoundError:
-        return open_()
-
-
-class _Unpicklable:
-    """Sources drop their open memory maps when shipped to another process."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_open"] = OrderedDict()
-        return state
-
-
-class _TableSource(_Unpicklable):
-    """Rows of a table dataset's shards, decoded to uncompressed Arrow IPC in the cache."""
-
-    def __init__(self, ds: TableDataset, columns: Sequence[str] | None) -> None:
-        if columns is not None:
-            ds._check_columns(columns)
-        self.ds = ds
-        self.uri, self.version = ds.uri, ds.version
-        self.columns = list(columns) if columns is not None else None
-        names = self.columns if self.columns is not None else ds.schema.names
-        self.schema = pa.schema([ds.schema.field(n) for n in names])
-        self.sizes = np.array([s.rows for s in ds.shards], np.int64)
-        cols = json.dumps(self.columns)
-        self.tag = hashlib.sha256(cols.encode()).hexdigest()[:12]
-        self._open: OrderedDict[int, pa.Table] = OrderedDict()
-
-    def name(self, index: int) -> str:
-        return f"tables/{self.ds.shards[index].checksum.split(':')[-1]}-{self.tag}.arrow"
-
-    def cache_names(self) -> dict[str, int]:
-        """Cache file name -> shard index."""
-        return {self.name(i): i for i in range(len(self.sizes))}
-
-    def shard(self, index: int, cache: ShardCache) -> pa.Table:
-        table = self._open.get(index)
-        if table is not None:
-            self._open.move_to_end(index)
-        else:
-
-            def build(tmp: Path) -> None:
-                # One record batch: ``take`` on a memory-mapped single chunk touches only the
-                # rows it takes (on many chunks it would first concatenate the column).
-                decoded = self.ds.read_shard(index, self.columns).combine_chunks()
-                with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, decoded.schema) as w:
-                    w.write_table(decoded)
-
-            table = _retry_evicted(
-                lambda: pa.ipc.open_file(
-                    pa.memory_map(str(cache.path(self.name(index), build)))
-                ).read_all()
-            )
-            _remember(self._open, index, table)
-        return table
-
-    def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
-        parts = []
-        order = np.argsort(shards, kind="stable")
-        for s in np.unique(shards):
-            mine = order[shards[order] == s]
-            parts.append((mine, self.shard(int(s), cache).take(pa.array(rows[mine]))))
-        table = pa.concat_tables([t for _, t in parts])
-        back = np.argsort(np.concatenate([m for m, _ in parts]), kind="stable")
-        table = table.take(pa.array(back))
-        return {name: _column(table.column(name)) for name in table.column_names}
-
-    def sample(self, shard: int, row: int, cache: ShardCache) -> dict[str, Any]:
-        return {k: v[0] for k, v in self.read(np.array([shard]), np.array([row]), cache).items()}
-
-
-def _column(col: pa.ChunkedArray) -> Any:
-    kind = col.type
-    numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-    if numeric and col.null_count == 0:
-        # writable: the batch is handed to torch, which refuses read-only memory
-        return col.combine_chunks().to_numpy(zero_copy_only=False, writable=True)
-    return col.to_pylist()
-
-
-class _TokenSource(_Unpicklable):
-    """Rows of a packed token dataset, one cache file per ``tokens`` shard object."""
-
-    def __init__(self, packed: PackedTokens) -> None:
-        self.packed = packed
-        self.uri, self.version = packed.dataset.uri, packed.dataset.version
-        self.shard_rows = int(packed.tokens.shards[0] if packed.tokens.shards else packed.rows)
-        n = math.ceil(packed.rows / self.shard_rows) if packed.rows else 0
-        self.sizes = np.array(
-            [min(self.shard_rows, packed.rows - i * self.shard_rows) for i in range(n)], np.int64
-        )
-        info = next(a for a in packed.dataset.manifest.arrays if a.name == "tokens")
-        self.checksums = {o.path.rsplit("/", 3)[-2]: o.checksum for o in info.objects}
-        self.fingerprint = f"{packed.dataset.uri}@{packed.dataset.version}"
-        self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
-
-    def key(self, index: int) -> str:
-        digest = self.checksums.get(str(index), "")
-        if digest:
-            return digest.split(":")[-1]
-        return hashlib.sha256(f"{self.fingerprint}/{index}".encode()).hexdigest()
-
-    def cache_names(self) -> dict[str, int]:
-        """Cache file name -> shard index."""
-        out = {}
-        for i in range(len(self.sizes)):
-            out[f"tokens/{self.key(i)}.npy"] = i
-            out[f"tokens/{self.key(i)}.segments.npz"] = i
-        return out
-
-    def shard(self, index: int, cache: ShardCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        got = self._open.get(index)
-        if got is not None:
-            self._open.move_to_end(index)
-        else:
-            lo = index * self.shard_rows
-            hi = lo + int(self.sizes[index])
-            p = self.packed
-
-            def build_tokens(tmp: Path) -> None:
-                with open(tmp, "wb") as f:
-                    np.save(f, np.asarray(p.tokens[lo:hi]), allow_pickle=False)
-
-            def build_segments(tmp: Path) -> None:
-                firsts = np.asarray(p.row_segments[lo:hi], np.int64)
-                stop = int(p.row_segments[hi]) if hi < p.rows else p.num_segments
-                lengths = np.asarray(p.segments_array[int(firsts[0]) : stop, 2], np.int64)
-                bounds = np.append(firsts - firsts[0], len(lengths))
-                with open(tmp, "wb") as f:
-                    np.savez(f, bounds=bounds, lengths=lengths)
-
-            key = self.key(index)
-
-            def load() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-                path = cache.path(f"tokens/{key}.npy", build_tokens)
-                tokens = np.load(path, mmap_mode="r")
-                with np.load(cache.path(f"tokens/{key}.segments.npz", build_segments)) as z:
-                    return tokens, z["bounds"], z["lengths"]
-
-            got = _retry_evicted(load)
-            _remember(self._open, index, got)
-        return got
-
-    def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
-        seq_len, n = self.packed.seq_len, len(rows)
-        ids = np.empty((n, seq_len), np.int64)
-        pieces: list[np.ndarray] = [np.empty(0, np.int64)] * n
-        for s in np.unique(shards).tolist():
-            tokens, bounds, lengths = self.shard(s, cache)
-            mine = np.flatnonzero(shards == s)
-            ids[mine] = tokens[np.sort(rows[mine])][np.argsort(np.argsort(rows[mine]))]
-            for i, r in zip(mine.tolist(), rows[mine].tolist(), strict=True):
-                pieces[i] = lengths[bounds[r] : bounds[r + 1]]
-        # Segments of the flattened batch: each row's documents, then its padding (if any) as
-        # one more segment, so cu_seqlens ends at n * seq_len (flash-attention's varlen form).
-        real = np.array([int(p.sum()) for p in pieces], np.int64)
-        segs = [
-            np.append(p, seq_len - t) if t < seq_len else p
-            for p, t in zip(pieces, real, strict=True)
-        ]
-        lens = np.concatenate(segs) if n else np.empty(0, np.int64)
-        cu = np.zeros(len(lens) + 1, np.int32)
-        np.cumsum(lens, out=cu[1:])
-        flat = np.arange(n * seq_len, dtype=np.int64) - np.repeat(cu[:-1].astype(np.int64), lens)
-        positions = flat.reshape(n, seq_len)
-        pad = np.arange(seq_len) >= real[:, None]
-        positions[pad] = 0
-        labels = np.where(pad, -100, ids)
-        return {
-            "input_ids": ids,
-            "labels": labels,
-            "position_ids": positions,
-            "cu_seqlens": cu,
-            "seq_lens": real,
-        }
-
-    def sample(self, shard: int, row: int, cache: ShardCache) -> dict[str, Any]:
-        batch = self.read(np.array([shard]), np.array([row]), cache)
-        return {k: (v if k == "cu_seqlens" else v[0]) for k, v in batch.items()}
-
-
-#: Shards a reader keeps open (memory-mapped) at once.
-_OPEN_SHARDS = 64
-
-
-def _remember(opened: OrderedDict[int, Any], index: int, value: Any) -> None:
-    opened[index] = value
-    opened.move_to_end(index)
-    while len(opened) > _OPEN_SHARDS:  # also lets evicted files' disk space go
-        opened.popitem(last=False)
 
 
 class StreamingDataset(IterableDataset[dict[str, Any]]):
@@ -257,12 +58,16 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     :class:`StatefulLoader`, which counts the batches the training loop received.
     """
 
+    #: batches per item a DataLoader worker yields (0: single batches); set by StatefulLoader
+    _transfer: int = 0
+
     def __init__(
         self,
         source: str | Sequence[str],
         *,
         batch_size: int,
         columns: Sequence[str] | None = None,
+        outputs: Sequence[str] | None = None,
         version: int | None = None,
         weights: Sequence[float] | None = None,
         samples: int | None = None,
@@ -279,12 +84,14 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         """``source`` may be a list of URIs: a mixture, ``weights`` giving each one's share of
         every block (default: proportional to size) and ``samples`` the epoch length (default:
         their total); ``version`` then applies to none of them (latest versions).
-        ``cache_limit`` bounds the node cache in bytes (evicting by the epoch's read order)."""
+        ``cache_limit`` bounds the node cache in bytes (evicting by the epoch's read order).
+        ``outputs`` names the arrays of a token batch (default: all of ``TOKEN_OUTPUTS``)."""
         uris = [source] if isinstance(source, str) else list(source)
         if not uris:
             raise InvalidInput("StreamingDataset needs at least one dataset URI")
         self.sources = [
-            _open_source(u, version if len(uris) == 1 else None, columns, config) for u in uris
+            _open_source(u, version if len(uris) == 1 else None, columns, outputs, config)
+            for u in uris
         ]
         self.source = self.sources[0]
         _check_compatible(self.sources)
@@ -416,10 +223,20 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     # -- iteration -------------------------------------------------------------------------
     def batches(self, worker: int = 0, workers: int = 1) -> Iterator[dict[str, Any]]:
         """This rank's batches that DataLoader worker ``worker`` of ``workers`` produces."""
+        for group in self.groups(worker, workers, 1, tensors=False):
+            yield from group
+
+    def groups(
+        self, worker: int, workers: int, group: int, tensors: bool
+    ) -> Iterator[list[dict[str, Any]]]:
+        """This worker's batches in runs of ``group`` consecutive steps (see
+        ``BatchPlan.batches``), each run's arrays in one buffer (a torch tensor if ``tensors``:
+        one shared-memory block when a DataLoader worker sends the run)."""
         plan = self.plan()
         order = self._epoch_order()
-        for g in plan.batches(self.rank, worker, workers).tolist():
-            yield self._read_batch(plan, order, g)
+        steps = plan.batches(self.rank, worker, workers, group).tolist()
+        for i in range(0, len(steps), group):
+            yield self._read_batches(plan, order, steps[i : i + group], tensors)
 
     def batch_at(self, step: int) -> dict[str, Any]:
         """This rank's batch number ``step`` of the current epoch (counted from the current
@@ -428,7 +245,8 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         plan = self.plan()
         if not 0 <= step < plan.steps(self.rank):
             raise StopIteration
-        return self._read_batch(plan, self._epoch_order(), step * self.world + self.rank)
+        g = step * self.world + self.rank
+        return self._read_batches(plan, self._epoch_order(), [g], tensors=False)[0]
 
     def _epoch_order(self) -> EpochOrder | MixedOrder:
         return self.mixture() if len(self.sources) > 1 else self.order()
@@ -451,17 +269,24 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             return math.inf
         return float(max(0, first - current))
 
-    def _read_batch(
-        self, plan: BatchPlan, order: EpochOrder | MixedOrder, g: int
-    ) -> dict[str, Any]:
-        pos, pad = plan.positions(g)
-        self._cursor = int(pos[0])
-        batch = self._read_positions(order, pos)
+    def _read_batches(
+        self, plan: BatchPlan, order: EpochOrder | MixedOrder, steps: list[int], tensors: bool
+    ) -> list[dict[str, Any]]:
+        pending, pads = [], []
+        for g in steps:
+            pos, pad = plan.positions(g)
+            self._cursor = int(pos[0])
+            pending.append(self._prepare(order, pos))
+            pads.append(pad)
+        batches = assemble(pending, self.source.outputs, tensors)
         if self.policy == "pad":
-            batch["is_padding"] = pad  # repeats of the epoch's first samples
-        return batch
+            for batch, pad in zip(batches, pads, strict=True):
+                batch["is_padding"] = pad  # repeats of the epoch's first samples
+        return batches
 
-    def _read_positions(self, order: EpochOrder | MixedOrder, pos: np.ndarray) -> dict[str, Any]:
+    def _prepare(
+        self, order: EpochOrder | MixedOrder, pos: np.ndarray
+    ) -> TokenRows | dict[str, Any]:
         if int(pos[-1] - pos[0]) == len(pos) - 1:  # contiguous (always, unless padding)
             spans = [(int(pos[0]), int(pos[-1]) + 1)]
         else:
@@ -469,35 +294,33 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         if isinstance(order, EpochOrder):
             ids = np.concatenate([order.take(a, b) for a, b in spans])
             shards, rows = order.locate(ids)
-            return self.source.read(shards, rows, self.cache)
+            return self.source.prepare(shards, rows, self.cache)
         taken = [order.take(a, b) for a, b in spans]
         which = np.concatenate([t[0] for t in taken])
         ids = np.concatenate([t[1] for t in taken])
-        return self._read_mixed(which, ids)
-
-    def _read_mixed(self, which: np.ndarray, ids: np.ndarray) -> dict[str, Any]:
-        parts, where = [], []
+        tokens: list[tuple[np.ndarray, TokenRows]] = []
+        tables: list[tuple[np.ndarray, dict[str, Any]]] = []
         for d in np.unique(which).tolist():
             mine = np.flatnonzero(which == d)
             src = self.sources[d]
             shards, rows = EpochOrder(src.sizes, shuffle=False).locate(ids[mine])
-            parts.append(src.read(shards, rows, self.cache))
-            where.append(mine)
-        back = np.argsort(np.concatenate(where), kind="stable")
-        out: dict[str, Any] = {}
-        for key in parts[0]:
-            values = [p[key] for p in parts]
-            if isinstance(values[0], np.ndarray):
-                out[key] = np.concatenate(values)[back]
+            part = src.prepare(shards, rows, self.cache)
+            if isinstance(part, TokenRows):
+                tokens.append((mine, part))
             else:
-                flat = [x for v in values for x in v]
-                out[key] = [flat[i] for i in back.tolist()]
-        return out
+                tables.append((mine, part))
+        return TokenRows.merge(tokens, len(ids)) if tokens else merge_tables(tables, len(ids))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         if info is not None:
-            yield from self.batches(info.id, info.num_workers)
+            group = max(1, int(getattr(self, "_transfer", 0)))
+            runs = self.groups(info.id, info.num_workers, group, tensors=True)
+            if getattr(self, "_transfer", 0):  # StatefulLoader unpacks the runs
+                yield from runs  # type: ignore[misc]
+            else:
+                for run in runs:
+                    yield from run
             return
         self._start, self._steps = self.plan().consumed(self._steps), 0  # a re-iteration goes on
         for batch in self.batches():
@@ -510,7 +333,12 @@ class StatefulLoader:
     """A DataLoader over a :class:`StreamingDataset` that knows how many batches the training
     loop received, hence where to resume: ``state_dict()`` / ``load_state_dict()``."""
 
-    def __init__(self, dataset: StreamingDataset, **kwargs: Any) -> None:
+    def __init__(self, dataset: StreamingDataset, *, transfer: int = 4, **kwargs: Any) -> None:
+        """``kwargs`` go to the DataLoader; with workers, each sends ``transfer`` batches at a
+        time."""
+        if transfer < 1:
+            raise InvalidInput(f"transfer must be a positive number of batches; got {transfer}")
+        self.transfer = transfer
         if kwargs.get("batch_size") is not None:
             raise InvalidInput("StatefulLoader batches in the dataset: drop batch_size")
         if kwargs.get("in_order") is False:
@@ -525,9 +353,19 @@ class StatefulLoader:
             ds.load_state_dict(ds.state_dict(self.steps))
         self.steps = 0
         epoch = ds.epoch
-        for batch in DataLoader(ds, **self.kwargs):
-            self.steps += 1
-            yield batch
+        if self.kwargs.get("num_workers", 0):
+            # workers send runs of batches, each run one shared-memory block (the per-block
+            # cost of a hand-off, not the copy, dominates with small batches)
+            sent = copy.copy(ds)
+            sent._transfer = self.transfer
+            for run in DataLoader(sent, **self.kwargs):
+                for batch in run:
+                    self.steps += 1
+                    yield batch
+        else:
+            for batch in DataLoader(ds, **self.kwargs):
+                self.steps += 1
+                yield batch
         if ds.epoch == epoch:  # without workers the dataset has already moved on itself
             ds.set_epoch(epoch + 1)
         self.steps = 0
@@ -546,18 +384,24 @@ class StatefulLoader:
 
 
 def _open_source(
-    uri: str, version: int | None, columns: Sequence[str] | None, config: StorageConfig | None
-) -> _TableSource | _TokenSource:
+    uri: str,
+    version: int | None,
+    columns: Sequence[str] | None,
+    outputs: Sequence[str] | None,
+    config: StorageConfig | None,
+) -> TableSource | TokenSource:
     ds = open_dataset(uri, version, config=config)
     if isinstance(ds, TableDataset):
-        return _TableSource(ds, columns)
+        if outputs is not None:
+            raise InvalidInput(f"{ds.uri} holds a table; outputs= applies to token rows")
+        return TableSource(ds, columns)
     assert isinstance(ds, ArrayDataset)
     if columns is not None:
         raise InvalidInput(f"{ds.uri} holds token rows; columns= applies to tables")
-    return _TokenSource(PackedTokens(ds))
+    return TokenSource(PackedTokens(ds), outputs)
 
 
-def _check_compatible(sources: Sequence[_TableSource | _TokenSource]) -> None:
+def _check_compatible(sources: Sequence[TableSource | TokenSource]) -> None:
     """Mixed datasets must give batches of one shape: the same columns and types, or token
     rows of one length."""
     first = sources[0]
@@ -566,7 +410,7 @@ def _check_compatible(sources: Sequence[_TableSource | _TokenSource]) -> None:
             raise InvalidInput(
                 f"cannot mix {first.uri} and {other.uri}: one holds tables, the other tokens"
             )
-        if isinstance(first, _TableSource) and isinstance(other, _TableSource):
+        if isinstance(first, TableSource) and isinstance(other, TableSource):
             a, b = first.schema, other.schema
             if not a.equals(b):
                 raise InvalidInput(
@@ -575,8 +419,8 @@ def _check_compatible(sources: Sequence[_TableSource | _TokenSource]) -> None:
                     f"{b.to_string(show_schema_metadata=False)!r}); choose common columns="
                 )
         elif (
-            isinstance(first, _TokenSource)
-            and isinstance(other, _TokenSource)
+            isinstance(first, TokenSource)
+            and isinstance(other, TokenSource)
             and first.packed.seq_len != other.packed.seq_len
         ):
             raise InvalidInput(

@@ -52,13 +52,20 @@ def test_shuffle_mixes_across_shards() -> None:
     assert shuffle_quality(EpochOrder(sizes, shuffle=False)) < 1.5
 
 
-def _enumerate(plan: BatchPlan, workers: int) -> tuple[list[int], dict[int, int]]:
+def _enumerate(plan: BatchPlan, workers: int, group: int = 1) -> tuple[list[int], dict[int, int]]:
     positions: list[int] = []
     steps: dict[int, int] = {}
     for rank in range(plan.world):
-        per_worker = [plan.batches(rank, w, workers) for w in range(workers)]
-        # the DataLoader takes batches round-robin from its workers
-        order = [b for group in itertools.zip_longest(*per_worker) for b in group if b is not None]
+        per_worker = [plan.batches(rank, w, workers, group) for w in range(workers)]
+        # the DataLoader takes items (runs of `group` batches) round-robin from its workers
+        runs = [[b[i : i + group] for i in range(0, len(b), group)] for b in per_worker]
+        order = [
+            int(g)
+            for item in itertools.zip_longest(*runs)
+            for run in item
+            if run is not None
+            for g in run
+        ]
         assert order == sorted(order), "a rank consumes its batches in global order"
         steps[rank] = len(order)
         assert steps[rank] == plan.steps(rank)
@@ -69,11 +76,16 @@ def _enumerate(plan: BatchPlan, workers: int) -> tuple[list[int], dict[int, int]
 
 
 @pytest.mark.parametrize("policy", ["none", "drop", "pad"])
-@pytest.mark.parametrize("world,workers,batch", [(1, 1, 1), (2, 2, 3), (3, 4, 8), (8, 3, 5)])
-def test_every_sample_exactly_once(policy: str, world: int, workers: int, batch: int) -> None:
+@pytest.mark.parametrize(
+    "world,workers,batch,group",
+    [(1, 1, 1, 1), (2, 2, 3, 1), (3, 4, 8, 1), (8, 3, 5, 1), (2, 2, 3, 4), (3, 4, 1, 3)],
+)
+def test_every_sample_exactly_once(
+    policy: str, world: int, workers: int, batch: int, group: int
+) -> None:
     total = int(uneven(13, 0, 40, seed=world).sum())
     plan = BatchPlan(total, batch, world, policy=policy)  # type: ignore[arg-type]
-    positions, steps = _enumerate(plan, workers)
+    positions, steps = _enumerate(plan, workers, group)
     assert len(positions) == len(set(positions)), "no position twice"
     if policy == "drop":
         assert sorted(positions) == list(range(len(positions)))

@@ -102,7 +102,10 @@ def test_bad_input(table_uri: str, tmp_path: Path) -> None:
     assert ds[5]["idx"] == 5 and ds[-1]["idx"] == N - 1
 
 
-def test_token_batches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_token_batches(tmp_path: Path, workers: int) -> None:
+    """Against the packed dataset row by row; with workers, runs of 3 batches per hand-off
+    come back in order."""
     from pipelines.config import ExecutionConfig
     from pipelines.tokenize import TokenizeConfig, tokenize
 
@@ -123,7 +126,7 @@ def test_token_batches(tmp_path: Path) -> None:
 
     packed = open_packed(str(tmp_path / "tok"))
     rows = 0
-    for batch in StatefulLoader(ds, num_workers=0):
+    for batch in StatefulLoader(ds, num_workers=workers, transfer=3):
         ids = batch["input_ids"].numpy()
         want_lens: list[int] = []
         for i, row in enumerate(ids):
@@ -142,8 +145,16 @@ def test_token_batches(tmp_path: Path) -> None:
         assert batch["cu_seqlens"][-1] == ids.size
         rows += len(ids)
     assert rows == report.rows == len(ds)
-    # each shard decoded into the cache once: its token rows and its segment table
-    assert ds.cache.fetches == 2 * len(ds.source.sizes)
+    if not workers:  # each shard decoded into the cache once: token rows and segment table
+        assert ds.cache.fetches == 2 * len(ds.source.sizes)
+    lean = StreamingDataset(
+        str(tmp_path / "tok"), batch_size=4, outputs=["input_ids"], cache_dir=str(tmp_path / "c")
+    )
+    assert set(next(iter(lean))) == {"input_ids"}
+    with pytest.raises(InvalidInput, match="choose one or more of input_ids"):
+        StreamingDataset(str(tmp_path / "tok"), batch_size=4, outputs=["attention"])
+    with pytest.raises(InvalidInput, match="applies to token rows"):
+        StreamingDataset(str(tmp_path / "docs"), batch_size=4, outputs=["input_ids"])
 
 
 def test_s3_table(s3_uri: str, s3_config: StorageConfig, tmp_path: Path) -> None:

@@ -1,0 +1,435 @@
+"""Shard readers behind :class:`loaders.StreamingDataset`: the rows of a table dataset or of a
+packed token dataset, decoded once per shard into the node cache (:mod:`loaders.cache`) and
+memory-mapped, and the assembly of batches from them.
+
+A batch is built in two steps so that several batches can share one buffer: ``prepare`` finds
+the rows (and, for tokens, each row's document lengths) and says which arrays the batch needs;
+``fill`` writes them into views of a buffer the caller lays out (:class:`Arena`). A DataLoader
+worker hands a group of batches to the training process as one shared-memory block instead of
+one block per array, which is what costs most per batch across the process boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from datastore import TableDataset
+from datastore.errors import InvalidInput
+from datastore.packed import PackedTokens
+from loaders.cache import ShardCache
+
+#: Arrays a token batch can hold (all by default); see :class:`loaders.StreamingDataset`.
+TOKEN_OUTPUTS = ("input_ids", "labels", "position_ids", "cu_seqlens", "seq_lens")
+
+#: Shards a reader keeps open (memory-mapped) at once.
+_OPEN_SHARDS = 64
+
+#: Label of tokens that are not predicted (PyTorch's ``cross_entropy`` ignore index).
+IGNORE = -100
+
+
+def _retry_evicted(open_: Any) -> Any:
+    """``open_()``, once more if another process evicted the file between its cache lookup
+    and the open (the second lookup rebuilds it)."""
+    try:
+        return open_()
+    except FileNotFoundError:
+        return open_()
+
+
+def _remember(opened: OrderedDict[int, Any], index: int, value: Any) -> None:
+    opened[index] = value
+    opened.move_to_end(index)
+    while len(opened) > _OPEN_SHARDS:  # also lets evicted files' disk space go
+        opened.popitem(last=False)
+
+
+class _Unpicklable:
+    """Sources drop their open memory maps when shipped to another process."""
+
+    _open: OrderedDict[int, Any]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_open"] = OrderedDict()
+        return state
+
+
+# -- buffers ---------------------------------------------------------------------------------
+Layout = list[tuple[str, tuple[int, ...], np.dtype]]
+
+
+class Arena:
+    """One buffer holding the arrays of several batches (``layouts``, one per batch), as a
+    torch tensor when ``tensors`` (views then share its storage: one shared-memory block per
+    group when a DataLoader worker sends it) or as a numpy array."""
+
+    _ALIGN = 64
+
+    def __init__(self, layouts: Sequence[Layout], tensors: bool) -> None:
+        self.places: list[list[tuple[str, int, tuple[int, ...], np.dtype]]] = []
+        offset = 0
+        for layout in layouts:
+            places = []
+            for name, shape, dtype in layout:
+                places.append((name, offset, shape, dtype))
+                size = math.prod(shape) * dtype.itemsize
+                offset += -(-size // self._ALIGN) * self._ALIGN
+            self.places.append(places)
+        self.tensors = tensors
+        if tensors:
+            import torch
+
+            self.buffer: Any = torch.empty(offset, dtype=torch.uint8)
+            raw = self.buffer.numpy()
+        else:
+            raw = self.buffer = np.empty(offset, np.uint8)
+        self._raw: np.ndarray = raw
+
+    def arrays(self, batch: int) -> dict[str, np.ndarray]:
+        """Numpy views of batch ``batch``'s arrays (to fill)."""
+        return {
+            name: self._raw[off : off + math.prod(shape) * dtype.itemsize]
+            .view(dtype)
+            .reshape(shape)
+            for name, off, shape, dtype in self.places[batch]
+        }
+
+    def outputs(self, batch: int) -> dict[str, Any]:
+        """Batch ``batch``'s arrays as handed out: tensors sharing the buffer, or numpy."""
+        if not self.tensors:
+            return self.arrays(batch)
+        import torch
+
+        out = {}
+        for name, off, shape, dtype in self.places[batch]:
+            nbytes = math.prod(shape) * dtype.itemsize
+            kind = torch.from_numpy(np.empty(0, dtype)).dtype
+            out[name] = self.buffer[off : off + nbytes].view(kind).view(shape)
+        return out
+
+
+# -- pending batches -------------------------------------------------------------------------
+@dataclass
+class TokenRows:
+    """The rows of a token batch before assembly: where each row's ids lie, and its
+    documents' lengths."""
+
+    seq_len: int
+    n: int
+    #: (positions in the batch, a shard's ``(rows, seq_len)`` ids, rows in that shard)
+    gathers: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    #: document lengths of each batch row, in row order
+    pieces: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def merge(cls, parts: Sequence[tuple[np.ndarray, TokenRows]], n: int) -> TokenRows:
+        """One batch of ``n`` rows from parts, each placed at its batch positions."""
+        seq_len = parts[0][1].seq_len
+        pieces: list[np.ndarray] = [np.empty(0, np.int64)] * n
+        gathers = []
+        for where, part in parts:
+            gathers += [(where[mine], ids, rows) for mine, ids, rows in part.gathers]
+            for i, p in zip(where.tolist(), part.pieces, strict=True):
+                pieces[i] = p
+        return cls(seq_len, n, gathers, pieces)
+
+    def _segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(non-pad tokens per row, segment lengths of the flattened batch, pad rows): each
+        row's documents, then its padding, if any, as one more segment."""
+        counts = np.fromiter((len(p) for p in self.pieces), np.int64, self.n)
+        flat = np.concatenate(self.pieces) if self.n else np.empty(0, np.int64)
+        cs = np.zeros(len(flat) + 1, np.int64)
+        np.cumsum(flat, out=cs[1:])
+        ends = np.cumsum(counts)
+        real = cs[ends] - cs[ends - counts]
+        padded = np.flatnonzero(real < self.seq_len)
+        lens = np.insert(flat, ends[padded], self.seq_len - real[padded]) if len(padded) else flat
+        return real, lens, padded
+
+    def layout(self, outputs: Sequence[str]) -> tuple[Layout, Any]:
+        real, lens, padded = self._segments()
+        shapes: dict[str, tuple[tuple[int, ...], Any]] = {
+            "input_ids": ((self.n, self.seq_len), np.int64),
+            "labels": ((self.n, self.seq_len), np.int64),
+            "position_ids": ((self.n, self.seq_len), np.int64),
+            "cu_seqlens": ((len(lens) + 1,), np.int32),
+            "seq_lens": ((self.n,), np.int64),
+        }
+        layout = [(k, shapes[k][0], np.dtype(shapes[k][1])) for k in outputs]
+        return layout, (real, lens, padded)
+
+    def fill(self, out: dict[str, np.ndarray], info: Any) -> None:
+        real, lens, padded = info
+        ids = out.get("input_ids")
+        if ids is None and "labels" in out:
+            ids = out["labels"]
+        if ids is not None:
+            for mine, tokens, rows in self.gathers:
+                ids[mine] = tokens[rows]
+        tails = [(int(i), int(real[i])) for i in padded.tolist()]
+        if "labels" in out:
+            labels = out["labels"]
+            if ids is not None and labels is not ids:
+                np.copyto(labels, ids)
+            for i, t in tails:
+                labels[i, t:] = IGNORE
+        cu = np.zeros(len(lens) + 1, np.int64)
+        np.cumsum(lens, out=cu[1:])
+        if "cu_seqlens" in out:
+            out["cu_seqlens"][:] = cu
+        if "seq_lens" in out:
+            out["seq_lens"][:] = real
+        if "position_ids" in out:
+            self._positions(out["position_ids"], cu, lens, tails)
+
+    def _positions(
+        self, pos: np.ndarray, cu: np.ndarray, lens: np.ndarray, tails: list[tuple[int, int]]
+    ) -> None:
+        """Each token's offset in its document (0 on padding)."""
+        starts = cu[:-1]
+        inner = np.flatnonzero(starts % self.seq_len)  # documents starting inside a row
+        if len(inner) <= 2 * self.n:  # few: column numbers, shifted where a document starts
+            np.copyto(pos, _arange(self.seq_len)[None, :])
+            for k in inner.tolist():
+                row, col = divmod(int(starts[k]), self.seq_len)
+                pos[row, col : col + int(lens[k])] -= col
+        else:  # many short documents: one vectorized pass
+            flat = pos.reshape(-1)
+            np.subtract(_arange(flat.size), np.repeat(starts, lens), out=flat)
+        for i, t in tails:
+            pos[i, t:] = 0
+
+
+_ARANGE = np.arange(0, dtype=np.int64)
+
+
+def _arange(n: int) -> np.ndarray:
+    global _ARANGE
+    if len(_ARANGE) < n:
+        _ARANGE = np.arange(n, dtype=np.int64)
+    return _ARANGE[:n]
+
+
+# -- sources ---------------------------------------------------------------------------------
+class TableSource(_Unpicklable):
+    """Rows of a table dataset's shards, decoded to uncompressed Arrow IPC in the cache."""
+
+    outputs: tuple[str, ...] = ()
+
+    def __init__(self, ds: TableDataset, columns: Sequence[str] | None) -> None:
+        if columns is not None:
+            ds._check_columns(columns)
+        self.ds = ds
+        self.uri, self.version = ds.uri, ds.version
+        self.columns = list(columns) if columns is not None else None
+        names = self.columns if self.columns is not None else ds.schema.names
+        self.schema = pa.schema([ds.schema.field(n) for n in names])
+        self.sizes = np.array([s.rows for s in ds.shards], np.int64)
+        cols = json.dumps(self.columns)
+        self.tag = hashlib.sha256(cols.encode()).hexdigest()[:12]
+        self._open: OrderedDict[int, pa.Table] = OrderedDict()
+
+    def name(self, index: int) -> str:
+        return f"tables/{self.ds.shards[index].checksum.split(':')[-1]}-{self.tag}.arrow"
+
+    def cache_names(self) -> dict[str, int]:
+        """Cache file name -> shard index."""
+        return {self.name(i): i for i in range(len(self.sizes))}
+
+    def shard(self, index: int, cache: ShardCache) -> pa.Table:
+        table = self._open.get(index)
+        if table is not None:
+            self._open.move_to_end(index)
+        else:
+
+            def build(tmp: Path) -> None:
+                # One record batch: ``take`` on a memory-mapped single chunk touches only the
+                # rows it takes (on many chunks it would first concatenate the column).
+                decoded = self.ds.read_shard(index, self.columns).combine_chunks()
+                with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, decoded.schema) as w:
+                    w.write_table(decoded)
+
+            table = _retry_evicted(
+                lambda: pa.ipc.open_file(
+                    pa.memory_map(str(cache.path(self.name(index), build)))
+                ).read_all()
+            )
+            _remember(self._open, index, table)
+        return table
+
+    def prepare(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
+        """The batch's columns (a table batch is complete once read)."""
+        if len(shards) and (shards == shards[0]).all():
+            table = self.shard(int(shards[0]), cache).take(pa.array(rows))
+        else:
+            parts = []
+            order = np.argsort(shards, kind="stable")
+            for s in np.unique(shards):
+                mine = order[shards[order] == s]
+                parts.append((mine, self.shard(int(s), cache).take(pa.array(rows[mine]))))
+            table = pa.concat_tables([t for _, t in parts])
+            back = np.argsort(np.concatenate([m for m, _ in parts]), kind="stable")
+            table = table.take(pa.array(back))
+        return {name: _column(table.column(name)) for name in table.column_names}
+
+    def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
+        return self.prepare(shards, rows, cache)
+
+    def sample(self, shard: int, row: int, cache: ShardCache) -> dict[str, Any]:
+        return {k: v[0] for k, v in self.read(np.array([shard]), np.array([row]), cache).items()}
+
+
+def _column(col: pa.ChunkedArray) -> Any:
+    kind = col.type
+    numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+    if numeric and col.null_count == 0:
+        # writable: the batch is handed to torch, which refuses read-only memory
+        return col.combine_chunks().to_numpy(zero_copy_only=False, writable=True)
+    return col.to_pylist()
+
+
+class TokenSource(_Unpicklable):
+    """Rows of a packed token dataset, one cache file per ``tokens`` shard object."""
+
+    def __init__(self, packed: PackedTokens, outputs: Sequence[str] | None = None) -> None:
+        self.packed = packed
+        self.uri, self.version = packed.dataset.uri, packed.dataset.version
+        self.outputs = tuple(outputs) if outputs is not None else TOKEN_OUTPUTS
+        unknown = sorted(set(self.outputs) - set(TOKEN_OUTPUTS))
+        if unknown or not self.outputs:
+            raise InvalidInput(
+                f"outputs={list(self.outputs)} for {self.uri}: choose one or more of "
+                f"{', '.join(TOKEN_OUTPUTS)}"
+            )
+        self.shard_rows = int(packed.tokens.shards[0] if packed.tokens.shards else packed.rows)
+        n = math.ceil(packed.rows / self.shard_rows) if packed.rows else 0
+        self.sizes = np.array(
+            [min(self.shard_rows, packed.rows - i * self.shard_rows) for i in range(n)], np.int64
+        )
+        info = next(a for a in packed.dataset.manifest.arrays if a.name == "tokens")
+        self.checksums = {o.path.rsplit("/", 3)[-2]: o.checksum for o in info.objects}
+        self.fingerprint = f"{packed.dataset.uri}@{packed.dataset.version}"
+        self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+
+    def key(self, index: int) -> str:
+        digest = self.checksums.get(str(index), "")
+        if digest:
+            return digest.split(":")[-1]
+        return hashlib.sha256(f"{self.fingerprint}/{index}".encode()).hexdigest()
+
+    def cache_names(self) -> dict[str, int]:
+        """Cache file name -> shard index."""
+        out = {}
+        for i in range(len(self.sizes)):
+            out[f"tokens/{self.key(i)}.npy"] = i
+            out[f"tokens/{self.key(i)}.segments.npz"] = i
+        return out
+
+    def shard(self, index: int, cache: ShardCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids ``(rows, seq_len)`` memory-mapped, first segment of each row and one past the
+        last, document lengths) of shard ``index``."""
+        got = self._open.get(index)
+        if got is not None:
+            self._open.move_to_end(index)
+        else:
+            lo = index * self.shard_rows
+            hi = lo + int(self.sizes[index])
+            p = self.packed
+
+            def build_tokens(tmp: Path) -> None:
+                with open(tmp, "wb") as f:
+                    np.save(f, np.asarray(p.tokens[lo:hi]), allow_pickle=False)
+
+            def build_segments(tmp: Path) -> None:
+                firsts = np.asarray(p.row_segments[lo:hi], np.int64)
+                stop = int(p.row_segments[hi]) if hi < p.rows else p.num_segments
+                lengths = np.asarray(p.segments_array[int(firsts[0]) : stop, 2], np.int64)
+                bounds = np.append(firsts - firsts[0], len(lengths))
+                with open(tmp, "wb") as f:
+                    np.savez(f, bounds=bounds, lengths=lengths)
+
+            key = self.key(index)
+
+            def load() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                path = cache.path(f"tokens/{key}.npy", build_tokens)
+                # a plain ndarray over the map: np.memmap's own indexing costs ~10 us a call
+                tokens = np.load(path, mmap_mode="r").view(np.ndarray)
+                with np.load(cache.path(f"tokens/{key}.segments.npz", build_segments)) as z:
+                    return tokens, z["bounds"], z["lengths"]
+
+            got = _retry_evicted(load)
+            _remember(self._open, index, got)
+        return got
+
+    def prepare(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> TokenRows:
+        n = len(rows)
+        batch = TokenRows(self.packed.seq_len, n, pieces=[np.empty(0, np.int64)] * n)
+        for s in np.unique(shards).tolist():
+            tokens, bounds, lengths = self.shard(s, cache)
+            mine = np.flatnonzero(shards == s)
+            mine_rows = rows[mine]
+            batch.gathers.append((mine, tokens, mine_rows))
+            for i, a, b in zip(
+                mine.tolist(),
+                bounds[mine_rows].tolist(),
+                bounds[mine_rows + 1].tolist(),
+                strict=True,
+            ):
+                batch.pieces[i] = lengths[a:b]
+        return batch
+
+    def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
+        return assemble([self.prepare(shards, rows, cache)], self.outputs, tensors=False)[0]
+
+    def sample(self, shard: int, row: int, cache: ShardCache) -> dict[str, Any]:
+        batch = self.read(np.array([shard]), np.array([row]), cache)
+        return {k: (v if k == "cu_seqlens" else v[0]) for k, v in batch.items()}
+
+
+def assemble(
+    pending: Sequence[TokenRows | dict[str, Any]], outputs: Sequence[str], tensors: bool
+) -> list[dict[str, Any]]:
+    """Finished batches from prepared ones, the token batches' arrays in one :class:`Arena`."""
+    layouts: list[Layout] = []
+    infos: list[Any] = []
+    for p in pending:
+        if isinstance(p, TokenRows):
+            layout, info = p.layout(outputs)
+        else:
+            layout, info = [], None
+        layouts.append(layout)
+        infos.append(info)
+    arena = Arena(layouts, tensors)
+    done = []
+    for i, p in enumerate(pending):
+        if isinstance(p, TokenRows):
+            p.fill(arena.arrays(i), infos[i])
+            done.append(arena.outputs(i))
+        else:
+            done.append(p)
+    return done
+
+
+def merge_tables(parts: Sequence[tuple[np.ndarray, dict[str, Any]]], n: int) -> dict[str, Any]:
+    """One table batch of ``n`` rows from parts, each placed at its batch positions."""
+    back = np.argsort(np.concatenate([where for where, _ in parts]), kind="stable")
+    out: dict[str, Any] = {}
+    for key in parts[0][1]:
+        values = [p[key] for _, p in parts]
+        if all(isinstance(v, np.ndarray) for v in values):
+            out[key] = np.concatenate(values)[back]
+        else:
+            flat = [x for v in values for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+            out[key] = [flat[i] for i in back.tolist()]
+    return out
