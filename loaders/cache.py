@@ -23,6 +23,7 @@ import math
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +66,16 @@ class ShardCache:
         self.rebuilt = 0  # of which replaced a cached file that failed its checksum
         self.evicted = 0  # files this process removed to stay under the limit
         self._verified: set[Path] = set()
+        self._counting = threading.Lock()  # prefetch threads build files too
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        del state["_counting"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._counting = threading.Lock()
 
     def path(self, name: str, build: Callable[[Path], None]) -> Path:
         """The cached file ``name``; on a miss (or a cached copy that fails its checksum)
@@ -84,7 +95,8 @@ class ShardCache:
                 if self._intact(final):  # another process built it while we waited
                     self._verified.add(final)
                     return final
-                self.rebuilt += 1
+                with self._counting:
+                    self.rebuilt += 1
             fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
             os.close(fd)
             try:
@@ -95,8 +107,9 @@ class ShardCache:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-            self.fetches += 1
-            self.bytes_fetched += size
+            with self._counting:
+                self.fetches += 1
+                self.bytes_fetched += size
         self._verified.add(final)
         if self.limit_bytes is not None:
             self._make_room(keep=final)
@@ -141,7 +154,8 @@ class ShardCache:
             path.unlink(missing_ok=True)
             _sum_path(path).unlink(missing_ok=True)
             self._verified.discard(path)
-            self.evicted += 1
+            with self._counting:
+                self.evicted += 1
             total -= size
 
     @staticmethod

@@ -247,23 +247,25 @@ class TableSource(_Unpicklable):
         """Cache file name -> shard index."""
         return {self.name(i): i for i in range(len(self.sizes))}
 
+    def fetch(self, index: int, cache: ShardCache) -> Path:
+        """Shard ``index`` in the cache (fetched and decoded on a miss)."""
+
+        def build(tmp: Path) -> None:
+            # One record batch: ``take`` on a memory-mapped single chunk touches only the
+            # rows it takes (on many chunks it would first concatenate the column).
+            decoded = self.ds.read_shard(index, self.columns).combine_chunks()
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, decoded.schema) as w:
+                w.write_table(decoded)
+
+        return cache.path(self.name(index), build)
+
     def shard(self, index: int, cache: ShardCache) -> pa.Table:
         table = self._open.get(index)
         if table is not None:
             self._open.move_to_end(index)
         else:
-
-            def build(tmp: Path) -> None:
-                # One record batch: ``take`` on a memory-mapped single chunk touches only the
-                # rows it takes (on many chunks it would first concatenate the column).
-                decoded = self.ds.read_shard(index, self.columns).combine_chunks()
-                with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, decoded.schema) as w:
-                    w.write_table(decoded)
-
             table = _retry_evicted(
-                lambda: pa.ipc.open_file(
-                    pa.memory_map(str(cache.path(self.name(index), build)))
-                ).read_all()
+                lambda: pa.ipc.open_file(pa.memory_map(str(self.fetch(index, cache)))).read_all()
             )
             _remember(self._open, index, table)
         return table
@@ -336,6 +338,30 @@ class TokenSource(_Unpicklable):
             out[f"tokens/{self.key(i)}.segments.npz"] = i
         return out
 
+    def fetch(self, index: int, cache: ShardCache) -> tuple[Path, Path]:
+        """Shard ``index``'s token rows and segment lengths in the cache (fetched on a miss)."""
+        lo = index * self.shard_rows
+        hi = lo + int(self.sizes[index])
+        p = self.packed
+
+        def build_tokens(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, np.asarray(p.tokens[lo:hi]), allow_pickle=False)
+
+        def build_segments(tmp: Path) -> None:
+            firsts = np.asarray(p.row_segments[lo:hi], np.int64)
+            stop = int(p.row_segments[hi]) if hi < p.rows else p.num_segments
+            lengths = np.asarray(p.segments_array[int(firsts[0]) : stop, 2], np.int64)
+            bounds = np.append(firsts - firsts[0], len(lengths))
+            with open(tmp, "wb") as f:
+                np.savez(f, bounds=bounds, lengths=lengths)
+
+        key = self.key(index)
+        return (
+            cache.path(f"tokens/{key}.npy", build_tokens),
+            cache.path(f"tokens/{key}.segments.npz", build_segments),
+        )
+
     def shard(self, index: int, cache: ShardCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids ``(rows, seq_len)`` memory-mapped, first segment of each row and one past the
         last, document lengths) of shard ``index``."""
@@ -343,29 +369,12 @@ class TokenSource(_Unpicklable):
         if got is not None:
             self._open.move_to_end(index)
         else:
-            lo = index * self.shard_rows
-            hi = lo + int(self.sizes[index])
-            p = self.packed
-
-            def build_tokens(tmp: Path) -> None:
-                with open(tmp, "wb") as f:
-                    np.save(f, np.asarray(p.tokens[lo:hi]), allow_pickle=False)
-
-            def build_segments(tmp: Path) -> None:
-                firsts = np.asarray(p.row_segments[lo:hi], np.int64)
-                stop = int(p.row_segments[hi]) if hi < p.rows else p.num_segments
-                lengths = np.asarray(p.segments_array[int(firsts[0]) : stop, 2], np.int64)
-                bounds = np.append(firsts - firsts[0], len(lengths))
-                with open(tmp, "wb") as f:
-                    np.savez(f, bounds=bounds, lengths=lengths)
-
-            key = self.key(index)
 
             def load() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-                path = cache.path(f"tokens/{key}.npy", build_tokens)
+                tokens_path, segments_path = self.fetch(index, cache)
                 # a plain ndarray over the map: np.memmap's own indexing costs ~10 us a call
-                tokens = np.load(path, mmap_mode="r").view(np.ndarray)
-                with np.load(cache.path(f"tokens/{key}.segments.npz", build_segments)) as z:
+                tokens = np.load(tokens_path, mmap_mode="r").view(np.ndarray)
+                with np.load(segments_path) as z:
                     return tokens, z["bounds"], z["lengths"]
 
             got = _retry_evicted(load)

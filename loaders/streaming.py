@@ -27,6 +27,7 @@ import copy
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -79,13 +80,16 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         world: int | None = None,
         cache_dir: str | None = None,
         cache_limit: int | None = None,
+        prefetch: int = 4,
         config: StorageConfig | None = None,
     ) -> None:
         """``source`` may be a list of URIs: a mixture, ``weights`` giving each one's share of
         every block (default: proportional to size) and ``samples`` the epoch length (default:
         their total); ``version`` then applies to none of them (latest versions).
         ``cache_limit`` bounds the node cache in bytes (evicting by the epoch's read order).
-        ``outputs`` names the arrays of a token batch (default: all of ``TOKEN_OUTPUTS``)."""
+        ``outputs`` names the arrays of a token batch (default: all of ``TOKEN_OUTPUTS``).
+        ``prefetch`` shards are fetched into the cache ahead of use, in parallel, in the
+        epoch's order (0: fetch on first use only)."""
         uris = [source] if isinstance(source, str) else list(source)
         if not uris:
             raise InvalidInput("StreamingDataset needs at least one dataset URI")
@@ -115,6 +119,10 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         self._names = self.source.cache_names() if len(self.sources) == 1 else {}
         self._cursor = 0  # position of the batch being read (for eviction order)
         self.cache = ShardCache(cache_dir, limit_bytes=cache_limit, next_use=self._next_use)
+        if prefetch < 0:
+            raise InvalidInput(f"prefetch must be 0 or more shards; got {prefetch}")
+        self.prefetch = prefetch
+        self._ahead: _Prefetcher | None = None
         self.epoch = 0
         self._start = 0
         self._steps = 0  # batches this process consumed (iterating without workers)
@@ -269,6 +277,38 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             return math.inf
         return float(max(0, first - current))
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_ahead"] = None  # threads stay in their process
+        return state
+
+    def _prefetch(self) -> None:
+        """Keep up to ``prefetch`` fetches running of the shards this and the next shuffle
+        block read, or the next ``2 * prefetch`` shards, whichever reaches further (in the
+        epoch's order), while the cache has room."""
+        if not self.prefetch or len(self.sources) > 1:
+            return
+        order = self.order()
+        if self._ahead is None or self._ahead.order is not order:
+            if self._ahead is not None:
+                self._ahead.close()
+            self._ahead = _Prefetcher(order, self.prefetch)
+        b = self._cursor // self.block
+        lo, hi = b * self.block, min(order.total, (b + 2) * self.block)
+        ends = order._perm_ends
+        first = int(np.searchsorted(ends, lo, side="right"))
+        last = int(np.searchsorted(ends, hi - 1, side="right"))
+        last = max(last, int(np.searchsorted(ends, self._cursor, side="right")) + 2 * self.prefetch)
+        limit = self.cache.limit_bytes
+        for shard in order.shard_order[first : last + 1].tolist():
+            if not self._ahead.room():
+                break
+            if shard in self._ahead.submitted:
+                continue
+            if limit is not None and self.cache.cached_bytes() >= limit:
+                break
+            self._ahead.submit(shard, self.source.fetch, self.cache)
+
     def _read_batches(
         self, plan: BatchPlan, order: EpochOrder | MixedOrder, steps: list[int], tensors: bool
     ) -> list[dict[str, Any]]:
@@ -276,6 +316,7 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         for g in steps:
             pos, pad = plan.positions(g)
             self._cursor = int(pos[0])
+            self._prefetch()
             pending.append(self._prepare(order, pos))
             pads.append(pad)
         batches = assemble(pending, self.source.outputs, tensors)
@@ -327,6 +368,29 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             self._steps += 1
             yield batch
         self.set_epoch(self.epoch + 1)
+
+
+class _Prefetcher:
+    """Background fetches of one epoch's shards into the node cache. A failed fetch is left
+    to the reader, which fetches the shard again and reports the error where it is needed."""
+
+    def __init__(self, order: EpochOrder, width: int) -> None:
+        self.order = order
+        self.width = width
+        self.pool = ThreadPoolExecutor(width, thread_name_prefix="shardyard-prefetch")
+        self.submitted: set[int] = set()
+        self.running: list[Future[Any]] = []
+
+    def room(self) -> bool:
+        self.running = [f for f in self.running if not f.done()]
+        return len(self.running) < self.width
+
+    def submit(self, shard: int, fetch: Any, cache: ShardCache) -> None:
+        self.submitted.add(shard)
+        self.running.append(self.pool.submit(fetch, shard, cache))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class StatefulLoader:

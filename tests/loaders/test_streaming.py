@@ -164,6 +164,44 @@ def test_s3_table(s3_uri: str, s3_config: StorageConfig, tmp_path: Path) -> None
     assert sorted(_ids(StatefulLoader(ds, num_workers=2))) == list(range(300))
 
 
+def test_s3_prefetch_fetches_ahead_in_epoch_order_once(
+    s3_uri: str, s3_config: StorageConfig, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    texts = [rng.bytes(25).hex() for _ in range(300)]  # incompressible: several shards
+    with DatasetWriter(s3_uri, config=s3_config, shard_size=2048, row_group_bytes=1024) as w:
+        w.write(pa.table({"idx": np.arange(300), "text": texts}))
+    ds = StreamingDataset(
+        s3_uri,
+        batch_size=8,
+        shuffle=False,
+        block=16,
+        prefetch=2,
+        config=s3_config,
+        cache_dir=str(tmp_path / "a"),
+    )
+    shards = len(ds.source.sizes)
+    assert shards >= 5
+    batches = ds.batches()
+    first = next(batches)
+    assert ds._ahead is not None
+    for f in list(ds._ahead.running):
+        f.result()
+    # the first batch needed shard 0; shards 1.. were fetched before anyone asked for them
+    assert ds.cache.fetches >= 2 and first["idx"].tolist() == list(range(8))
+    assert min(ds._ahead.submitted) <= 1 and len(ds._ahead.submitted) <= 3
+    rest = [int(i) for b in batches for i in b["idx"]]
+    assert first["idx"].tolist() + rest == list(range(300))
+    assert ds.cache.fetches == shards, "every shard fetched once, prefetched or not"
+    plain = StreamingDataset(
+        s3_uri, batch_size=8, seed=3, prefetch=0, config=s3_config, cache_dir=str(tmp_path / "b")
+    )
+    ahead = StreamingDataset(
+        s3_uri, batch_size=8, seed=3, prefetch=3, config=s3_config, cache_dir=str(tmp_path / "c")
+    )
+    assert _ids(plain.batches()) == _ids(ahead.batches())
+
+
 def _gloo_rank(rank: int, world: int, init: str, uri: str, cache: str, out: str) -> None:
     import json
 
@@ -308,7 +346,12 @@ def test_stalled_store_gives_a_clear_timeout(
             backoff_max=0.05,
         )
         ds = StreamingDataset(
-            s3_uri, batch_size=16, shuffle=False, config=faulty, cache_dir=str(tmp_path)
+            s3_uri,
+            batch_size=16,
+            shuffle=False,
+            prefetch=0,  # the reader's own fetch meets the stall
+            config=faulty,
+            cache_dir=str(tmp_path),
         )
         assert len(ds.source.sizes) >= 3
         batches = ds.batches()
