@@ -61,6 +61,9 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
 
     #: batches per item a DataLoader worker yields (0: single batches); set by StatefulLoader
     _transfer: int = 0
+    #: batches this worker produced in this iteration, and those to skip (a worker's resume)
+    _produced: int = 0
+    _skip: int = 0
 
     def __init__(
         self,
@@ -206,7 +209,24 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
 
     def state_dict(self, steps: int | None = None) -> dict[str, Any]:
         """Where the run stands after ``steps`` batches per rank in this epoch (default: what
-        this process consumed)."""
+        this process consumed).
+
+        Called inside a DataLoader worker (as torchdata's ``StatefulDataLoader`` does), the
+        state is that worker's: the iteration's start and how many batches the worker has
+        produced; it resumes with the same worker count (torchdata's rule; a
+        :class:`StatefulLoader` state resumes at any count)."""
+        info = get_worker_info()
+        if info is not None and steps is None:
+            base = LoaderState(
+                self.epoch, self._start, self.seed, self.fingerprint, self.total
+            ).to_dict()
+            base["worker"] = {
+                "id": info.id,
+                "workers": info.num_workers,
+                "group": max(1, self._transfer),
+                "produced": self._produced,
+            }
+            return base
         taken = self._steps if steps is None else steps
         position = self.plan().consumed(taken)
         epoch = self.epoch
@@ -227,6 +247,20 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
                 f"(seed {self.seed}); resume with the dataset version and seed it was saved with"
             )
         self.epoch, self._start, self._steps = st.epoch, st.position, 0
+        self._skip = 0
+        worker = state.get("worker")
+        if worker is not None:
+            info = get_worker_info()
+            here = (info.id, info.num_workers) if info is not None else None
+            group = max(1, self._transfer)
+            if here != (worker.get("id"), worker.get("workers")) or group != worker.get("group"):
+                raise InvalidInput(
+                    f"cannot resume {self.uri}: the state is DataLoader worker "
+                    f"{worker.get('id')} of {worker.get('workers')}'s (torchdata's per-worker "
+                    f"form), which resumes only in that worker at that worker count; "
+                    "use loaders.StatefulLoader to resume at another count"
+                )
+            self._skip = int(worker.get("produced", 0))
 
     # -- iteration -------------------------------------------------------------------------
     def batches(self, worker: int = 0, workers: int = 1) -> Iterator[dict[str, Any]]:
@@ -243,8 +277,12 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         plan = self.plan()
         order = self._epoch_order()
         steps = plan.batches(self.rank, worker, workers, group).tolist()
-        for i in range(0, len(steps), group):
-            yield self._read_batches(plan, order, steps[i : i + group], tensors)
+        self._produced, skip = self._skip, self._skip
+        self._skip = 0
+        for i in range(skip, len(steps), group):
+            run = self._read_batches(plan, order, steps[i : i + group], tensors)
+            self._produced += len(run)
+            yield run
 
     def batch_at(self, step: int) -> dict[str, Any]:
         """This rank's batch number ``step`` of the current epoch (counted from the current
