@@ -4,12 +4,14 @@
   from table or packed-token datasets (local or ``s3://``) for PyTorch, shuffled across shards,
   exactly once per epoch over ranks x DataLoader workers, resumable at another world size.
 - :mod:`loaders.plan`: the pure arithmetic behind them (importable without PyTorch).
-- :class:`ShardCache` (:mod:`loaders.cache`): decoded shards shared by the node's processes.
+- :mod:`loaders.sources`: the shard readers behind them and batch assembly into one buffer.
+- :class:`ShardCache` (:mod:`loaders.cache`): decoded shards shared by the node's processes,
+  filled ahead of use by the dataset's prefetch threads.
+- :mod:`loaders.dali`: DALI pipelines over the same batches (``dali_pipeline``, ``DaliLoader``)
+  and the GPU-direct numpy-reader path (``numpy_reader_pipeline``).
 
-- :mod:`loaders.dali`: DALI pipelines over the same batches (``dali_pipeline``, ``DaliLoader``).
-
-Still to come (the Loaders issue): prefetch with range reads and timeouts, torchdata's
-StatefulDataLoader, DALI's GPUDirect path, the benchmark.
+torchdata's ``StatefulDataLoader`` works over :class:`StreamingDataset` too (same worker count
+on resume, its rule); :class:`StatefulLoader` resumes at any count.
 """
 
 from typing import Any

@@ -13,8 +13,11 @@ Token datasets give ``input_ids``, ``labels``, ``position_ids`` and ``seq_lens``
 them the dataset's ``outputs=`` names; ``cu_seqlens`` spans a batch, not a sample); table
 datasets give their numeric columns (DALI has no string tensors: pick them with ``columns=``).
 
-Not done yet (see the Loaders issue): the GPUDirect Storage path with
-``fn.readers.numpy(device="gpu")`` and its benchmark.
+:func:`numpy_reader_pipeline` is the GPU-direct path: ``fn.readers.numpy(device="gpu")`` reads
+each sample's token row straight from the node cache's ``.npy`` shard files into GPU memory
+(GPUDirect Storage where the host has it), in the dataset's order for this rank. The suite runs
+it here with ``device="cpu"``; ``benchmarks/bench_dali_gpu.py`` measures the GPU path on a GPU
+host against a raw read of the same files.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from datastore.errors import InvalidInput
 from loaders.sources import TokenSource
 from loaders.streaming import StreamingDataset
 
-__all__ = ["DaliLoader", "dali_pipeline"]
+__all__ = ["DaliLoader", "dali_pipeline", "numpy_reader_pipeline"]
 
 #: Token outputs DALI can carry (dense, one row per sample; ``cu_seqlens`` spans the batch).
 TOKEN_OUTPUTS = ("input_ids", "labels", "position_ids", "seq_lens")
@@ -142,3 +145,105 @@ class DaliLoader:
         """Continue from ``state``."""
         self.dataset.load_state_dict(state)
         self.steps = 0
+
+
+# -- GPU-direct path ---------------------------------------------------------------------------
+class _RowStarts:
+    """``external_source`` callback for the numpy reader: the ROI start ``[row, 0]`` of each
+    sample of DALI iteration ``i`` (the reader walks the file list in the same order)."""
+
+    def __init__(self, rows: np.ndarray, batch_size: int) -> None:
+        self.starts = np.stack([rows, np.zeros_like(rows)], axis=1).astype(np.int32)
+        self.batch_size = batch_size
+
+    def __call__(self, info: Any) -> list[np.ndarray]:
+        lo = int(info.iteration) * self.batch_size
+        if lo >= len(self.starts):
+            raise StopIteration
+        return list(self.starts[lo : lo + self.batch_size])
+
+
+def numpy_reader_pipeline(
+    dataset: StreamingDataset,
+    *,
+    device: str = "gpu",
+    device_id: int | None = 0,
+    num_threads: int = 4,
+    use_o_direct: bool = False,
+    prefetch_queue_depth: int = 2,
+) -> tuple[Any, int]:
+    """``(pipeline, samples)``: this rank's token rows for the rest of the epoch, read by
+    ``fn.readers.numpy`` straight from the node cache's ``.npy`` shard files, one row per
+    sample through a region of interest. With ``device="gpu"`` DALI reads them into GPU
+    memory with GPUDirect Storage (cuFile) where the host has it, else through its own bounce
+    buffer; ``device="cpu"`` (``device_id=None``) runs the same pipeline on the CPU.
+
+    Rows, order, partitioning and position are the dataset's (shuffle, ranks, resume), so
+    ``DaliLoader``-style counting resumes it; the shards this rank reads must fit in the cache
+    at once (no ``cache_limit`` below the epoch's shards), as the reader holds their paths.
+    The pipeline gives ``input_ids`` (``(seq_len,)`` per sample, widened to int64 on the
+    pipeline's device after the read, which moves the stored uint16/uint32 bytes); position
+    ids and labels come from the external-source path
+    (:func:`dali_pipeline`) or are computed on the GPU. The last batch is padded with the
+    epoch's first rows to a full DALI batch: iterate ``samples`` samples (``size=`` of
+    ``DALIGenericIterator`` with ``last_batch_policy=PARTIAL``)."""
+    from nvidia.dali import fn, types
+    from nvidia.dali.pipeline import pipeline_def
+
+    src = dataset.source
+    if len(dataset.sources) > 1 or not isinstance(src, TokenSource):
+        raise InvalidInput(
+            f"the numpy-reader path reads one packed token dataset; {dataset.uri} is "
+            + ("a mixture" if len(dataset.sources) > 1 else "a table")
+            + ": use dali_pipeline (external source)"
+        )
+    order = dataset.order()
+    plan = dataset.plan()
+    positions = [plan.positions(g)[0] for g in plan.batches(dataset.rank).tolist()]
+    if not positions:
+        raise InvalidInput(f"rank {dataset.rank} has no batches left in {dataset.uri}")
+    pos = np.concatenate(positions)
+    ids = np.concatenate([order.take(int(p), int(p) + 1) for p in pos]) if len(pos) else pos
+    shards, rows = order.locate(ids)
+    needed = np.unique(shards)
+    limit = dataset.cache.limit_bytes
+    row_bytes = src.packed.seq_len * src.packed.tokens.dtype.itemsize
+    if limit is not None and int(src.sizes[needed].sum()) * row_bytes > limit:
+        raise InvalidInput(
+            f"the numpy-reader path needs this rank's {len(needed)} shards of {dataset.uri} "
+            f"cached at once ({int(src.sizes[needed].sum()) * row_bytes:,} bytes), above "
+            f"cache_limit={limit:,}: raise the limit or use dali_pipeline"
+        )
+    paths = {int(s): str(src.fetch(int(s), dataset.cache)[0]) for s in needed.tolist()}
+    b = dataset.batch_size
+    samples = len(rows)
+    pad = -samples % b
+    shards = np.concatenate([shards, shards[:pad]])
+    rows = np.concatenate([rows, rows[:pad]])
+    files = [paths[int(s)] for s in shards.tolist()]
+    starts = _RowStarts(rows, b)
+    seq_len = src.packed.seq_len
+
+    @pipeline_def(
+        batch_size=b,
+        num_threads=num_threads,
+        device_id=device_id,  # type: ignore[arg-type]  # None is DALI's CPU-only mode
+        prefetch_queue_depth=prefetch_queue_depth,
+    )
+    def pipe() -> Any:
+        start = fn.external_source(source=starts, batch=True, batch_info=True)
+        rows_ = fn.readers.numpy(
+            device=device,
+            files=files,
+            roi_start=start,
+            roi_shape=[1, seq_len],
+            random_shuffle=False,
+            cache_header_information=True,
+            use_o_direct=use_o_direct,
+            name="tokens",
+        )
+        return fn.cast(fn.reshape(rows_, shape=[seq_len]), dtype=types.DALIDataType.INT64)
+
+    pipeline = pipe()
+    pipeline.build()  # type: ignore[no-untyped-call]
+    return pipeline, samples

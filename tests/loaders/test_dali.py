@@ -64,16 +64,24 @@ def test_resume_and_errors(uri: str, tmp_path: Path) -> None:
         iter(DaliLoader(StreamingDataset(uri, batch_size=4, columns=["s"]))).__next__()
 
 
-def test_token_rows_through_dali(tmp_path: Path) -> None:
+def _tokens(tmp_path: Path, shard_rows: int | None = None) -> str:
     from pipelines.config import ExecutionConfig
     from pipelines.tokenize import TokenizeConfig, tokenize
 
     with DatasetWriter(str(tmp_path / "docs")) as w:
         w.write(pa.table({"text": ["one document", "another, longer document " * 4] * 10}))
     cfg = TokenizeConfig(
-        seq_len=32, execution=ExecutionConfig(workers=1, processes=False, progress=False)
+        seq_len=32,
+        shard_rows=shard_rows,
+        chunk_rows=4 if shard_rows else None,
+        execution=ExecutionConfig(workers=1, processes=False, progress=False),
     )
     tokenize(str(tmp_path / "docs"), str(tmp_path / "tok"), cfg)
+    return str(tmp_path / "tok")
+
+
+def test_token_rows_through_dali(tmp_path: Path) -> None:
+    _tokens(tmp_path)
     kw: dict[str, Any] = {"batch_size": 4, "seed": 1, "cache_dir": str(tmp_path / "c")}
     torch_batches = list(StatefulLoader(StreamingDataset(str(tmp_path / "tok"), **kw)))
     dali_batches = list(DaliLoader(StreamingDataset(str(tmp_path / "tok"), **kw)))
@@ -82,3 +90,33 @@ def test_token_rows_through_dali(tmp_path: Path) -> None:
         for key in ("input_ids", "labels", "position_ids"):
             assert d[key].shape == t[key].shape
             assert np.array_equal(d[key].numpy(), t[key].numpy())
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_numpy_reader_path_reads_the_same_rows_and_resumes(tmp_path: Path, world: int) -> None:
+    """fn.readers.numpy (here on the CPU; device="gpu" uses GPUDirect Storage on a GPU host)
+    over the node cache's shard files: each rank's rows equal the PyTorch path's, with an
+    uneven last batch, and after a resume the rest of the epoch."""
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    from loaders.dali import numpy_reader_pipeline
+
+    tok = _tokens(tmp_path, shard_rows=8)
+
+    def rows(ds: StreamingDataset) -> list[list[int]]:
+        pipe, n = numpy_reader_pipeline(ds, device="cpu", device_id=None, num_threads=1)
+        it = DALIGenericIterator(
+            [pipe], ["input_ids"], size=n, last_batch_policy=LastBatchPolicy.PARTIAL
+        )
+        return [r.tolist() for out in it for r in out[0]["input_ids"]]
+
+    for rank in range(world):
+        kw: dict[str, Any] = {"batch_size": 5, "seed": 5, "rank": rank, "world": world}
+        ds = StreamingDataset(tok, cache_dir=str(tmp_path / "c"), **kw)
+        assert len(ds.source.sizes) > 2 and len(ds) % (5 * world)  # several shards, uneven
+        want = [r.tolist() for b in ds.batches() for r in b["input_ids"]]
+        assert rows(ds) == want
+        ds.load_state_dict(ds.state_dict(steps=2))
+        assert rows(ds) == want[2 * 5 :]
+    with pytest.raises(InvalidInput, match="use dali_pipeline"):
+        numpy_reader_pipeline(StreamingDataset(str(tmp_path / "docs"), batch_size=2))
