@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,13 @@ class Arena:
 
     _ALIGN = 64
 
-    def __init__(self, layouts: Sequence[Layout], tensors: bool) -> None:
+    def __init__(
+        self,
+        layouts: Sequence[Layout],
+        tensors: bool,
+        allocate: Callable[[int], Any] | None = None,
+    ) -> None:
+        """``allocate(nbytes)`` may supply the buffer (a uint8 tensor, or None to decline)."""
         self.places: list[list[tuple[str, int, tuple[int, ...], np.dtype]]] = []
         offset = 0
         for layout in layouts:
@@ -87,10 +93,14 @@ class Arena:
                 offset += -(-size // self._ALIGN) * self._ALIGN
             self.places.append(places)
         self.tensors = tensors
-        if tensors:
+        supplied = allocate(offset) if tensors and allocate is not None and offset else None
+        if supplied is not None:
+            self.buffer: Any = supplied
+            raw = supplied.numpy()
+        elif tensors:
             import torch
 
-            self.buffer: Any = torch.empty(offset, dtype=torch.uint8)
+            self.buffer = torch.empty(offset, dtype=torch.uint8)
             raw = self.buffer.numpy()
         else:
             raw = self.buffer = np.empty(offset, np.uint8)
@@ -407,9 +417,13 @@ class TokenSource(_Unpicklable):
 
 
 def assemble(
-    pending: Sequence[TokenRows | dict[str, Any]], outputs: Sequence[str], tensors: bool
+    pending: Sequence[TokenRows | dict[str, Any]],
+    outputs: Sequence[str],
+    tensors: bool,
+    allocate: Callable[[int], Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Finished batches from prepared ones, the token batches' arrays in one :class:`Arena`."""
+    """Finished batches from prepared ones, the token batches' arrays in one :class:`Arena`
+    (its buffer from ``allocate`` when that supplies one)."""
     layouts: list[Layout] = []
     infos: list[Any] = []
     for p in pending:
@@ -419,7 +433,7 @@ def assemble(
             layout, info = [], None
         layouts.append(layout)
         infos.append(info)
-    arena = Arena(layouts, tensors)
+    arena = Arena(layouts, tensors, allocate)
     done = []
     for i, p in enumerate(pending):
         if isinstance(p, TokenRows):

@@ -38,6 +38,7 @@ from datastore.packed import PackedTokens
 from loaders.cache import ShardCache
 from loaders.plan import DEFAULT_BLOCK, BatchPlan, EpochOrder, LoaderState, MixedOrder, Policy
 from loaders.sources import TableSource, TokenRows, TokenSource, assemble, merge_tables
+from loaders.transfer import Slots
 
 __all__ = ["StatefulLoader", "StreamingDataset"]
 
@@ -64,6 +65,8 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     #: batches this worker produced in this iteration, and those to skip (a worker's resume)
     _produced: int = 0
     _skip: int = 0
+    #: reusable shared-memory blocks for the runs (set by StatefulLoader)
+    _slots: Slots | None = None
 
     def __init__(
         self,
@@ -274,15 +277,32 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         """This worker's batches in runs of ``group`` consecutive steps (see
         ``BatchPlan.batches``), each run's arrays in one buffer (a torch tensor if ``tensors``:
         one shared-memory block when a DataLoader worker sends the run)."""
+        for _, run in self._runs(worker, workers, group, tensors, None):
+            yield run
+
+    def _runs(
+        self, worker: int, workers: int, group: int, tensors: bool, slots: Slots | None
+    ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """``groups``, each run with the slot of ``slots`` its buffer came from (-1: none)."""
         plan = self.plan()
         order = self._epoch_order()
         steps = plan.batches(self.rank, worker, workers, group).tolist()
         self._produced, skip = self._skip, self._skip
         self._skip = 0
+        taken = [-1]
+
+        def allocate(nbytes: int) -> Any:
+            got = slots.acquire(worker, nbytes) if slots is not None else None
+            if got is None:
+                return None
+            taken[0] = got[0]
+            return got[1]
+
         for i in range(skip, len(steps), group):
-            run = self._read_batches(plan, order, steps[i : i + group], tensors)
+            taken[0] = -1
+            run = self._read_batches(plan, order, steps[i : i + group], tensors, allocate)
             self._produced += len(run)
-            yield run
+            yield taken[0], run
 
     def batch_at(self, step: int) -> dict[str, Any]:
         """This rank's batch number ``step`` of the current epoch (counted from the current
@@ -348,7 +368,12 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             self._ahead.submit(shard, self.source.fetch, self.cache)
 
     def _read_batches(
-        self, plan: BatchPlan, order: EpochOrder | MixedOrder, steps: list[int], tensors: bool
+        self,
+        plan: BatchPlan,
+        order: EpochOrder | MixedOrder,
+        steps: list[int],
+        tensors: bool,
+        allocate: Any = None,
     ) -> list[dict[str, Any]]:
         pending, pads = [], []
         for g in steps:
@@ -357,7 +382,7 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             self._prefetch()
             pending.append(self._prepare(order, pos))
             pads.append(pad)
-        batches = assemble(pending, self.source.outputs, tensors)
+        batches = assemble(pending, self.source.outputs, tensors, allocate)
         if self.policy == "pad":
             for batch, pad in zip(batches, pads, strict=True):
                 batch["is_padding"] = pad  # repeats of the epoch's first samples
@@ -393,12 +418,12 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         if info is not None:
-            group = max(1, int(getattr(self, "_transfer", 0)))
-            runs = self.groups(info.id, info.num_workers, group, tensors=True)
-            if getattr(self, "_transfer", 0):  # StatefulLoader unpacks the runs
+            group = max(1, self._transfer)
+            runs = self._runs(info.id, info.num_workers, group, True, self._slots)
+            if self._transfer:  # StatefulLoader unpacks the (slot, run) pairs
                 yield from runs  # type: ignore[misc]
             else:
-                for run in runs:
+                for _, run in runs:
                     yield from run
             return
         self._start, self._steps = self.plan().consumed(self._steps), 0  # a re-iteration goes on
@@ -460,10 +485,16 @@ class StatefulLoader:
             # cost of a hand-off, not the copy, dominates with small batches)
             sent = copy.copy(ds)
             sent._transfer = self.transfer
-            for run in DataLoader(sent, **self.kwargs):
+            workers = int(self.kwargs["num_workers"])
+            depth = int(self.kwargs.get("prefetch_factor") or 2)
+            slots = sent._slots = Slots(workers, depth + 2)
+            for slot, run in DataLoader(sent, **self.kwargs):
+                if slot >= 0:
+                    slots.release_when_dropped(slot, next(iter(run[0].values())))
                 for batch in run:
                     self.steps += 1
                     yield batch
+                del run  # the block is free once the training loop drops the batches
         else:
             for batch in DataLoader(ds, **self.kwargs):
                 self.steps += 1

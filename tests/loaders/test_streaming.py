@@ -437,3 +437,42 @@ def test_torchdata_stateful_dataloader_resumes_exactly(
         other.load_state_dict(state)
         with pytest.raises(Exception, match="StatefulLoader"):
             next(iter(other))
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_worker_blocks_are_reused_only_after_release(tmp_path: Path, keep: bool) -> None:
+    """Workers reuse their shared-memory blocks once the training loop has dropped a run's
+    batches; a loop that keeps every batch (keep=True) must still see each one intact."""
+    from pipelines.config import ExecutionConfig
+    from pipelines.tokenize import TokenizeConfig, tokenize
+
+    rng = np.random.default_rng(1)
+    texts = [rng.bytes(int(n)).hex() for n in rng.integers(5, 120, 400)]
+    with DatasetWriter(str(tmp_path / "docs")) as w:
+        w.write(pa.table({"text": texts}))
+    cfg = TokenizeConfig(
+        seq_len=64,
+        shard_rows=32,
+        chunk_rows=8,
+        execution=ExecutionConfig(workers=1, processes=False, progress=False),
+    )
+    tokenize(str(tmp_path / "docs"), str(tmp_path / "tok"), cfg)
+    kw: dict[str, Any] = {"batch_size": 4, "seed": 2, "cache_dir": str(tmp_path / "c")}
+    want = [
+        {k: np.array(v, copy=True) for k, v in b.items()}
+        for b in StreamingDataset(str(tmp_path / "tok"), **kw).batches()
+    ]
+    assert len(want) > 40
+    loader = StatefulLoader(
+        StreamingDataset(str(tmp_path / "tok"), **kw), num_workers=2, transfer=2, prefetch_factor=1
+    )
+    kept: list[dict[str, Any]] = []
+    for i, batch in enumerate(loader):
+        for key, value in want[i].items():
+            np.testing.assert_array_equal(batch[key].numpy(), value, err_msg=f"{i} {key}")
+        if keep:
+            kept.append(batch)
+    assert i + 1 == len(want)
+    for i, batch in enumerate(kept):  # nothing overwritten while it was held
+        for key, value in want[i].items():
+            np.testing.assert_array_equal(batch[key].numpy(), value, err_msg=f"kept {i} {key}")
