@@ -363,9 +363,16 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
                 break
             if shard in self._ahead.submitted:
                 continue
-            if limit is not None and self.cache.cached_bytes() >= limit:
-                break
+            if limit is not None and not self._room_for_one_more(limit):
+                break  # a prefetch now would evict a shard needed sooner
             self._ahead.submit(shard, self.source.fetch, self.cache)
+
+    def _room_for_one_more(self, limit: int) -> bool:
+        """Whether the cache can take the running prefetches and one more shard (each
+        counted as large as the largest cached file) without going over ``limit``."""
+        sizes = [size for _, size, _ in self.cache._files()]
+        assert self._ahead is not None
+        return sum(sizes) + (len(self._ahead.running) + 1) * max(sizes, default=0) <= limit
 
     def _read_batches(
         self,
