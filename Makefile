@@ -55,11 +55,27 @@ format: $(VENV)/.all
 test: lint
 	$(BIN)/pytest -n 2 --dist loadgroup
 
-bench: $(VENV)/.all
+bench: $(VENV)/.all benchmarks/.peers/.done
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench_datastore.py
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_tokenize.py
+	$(PY) benchmarks/bench_loaders.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
+
+# Peers of benchmarks/loader_peers.py (MosaicML streaming, LitData), in their own venv: their
+# dependencies conflict with this project's. torch stays the CPU build on this machine's disk
+# (constraints file). Both peers require torchvision, but the only one matching torch 2.13 here
+# is a CUDA build that cannot load beside the CPU torch; they run without it (the script skips
+# Mosaic's torchvision-only streaming.vision), so it is uninstalled again.
+benchmarks/.peers/.done:
+	$(PYTHON) -m venv benchmarks/.peers
+	benchmarks/.peers/bin/python -m pip install -q --upgrade pip
+	echo 'torch==2.13.0' > benchmarks/.peers/constraints.txt
+	benchmarks/.peers/bin/python -m pip install -q -c benchmarks/.peers/constraints.txt torch==2.13.0
+	benchmarks/.peers/bin/python -m pip install -q -c benchmarks/.peers/constraints.txt \
+		mosaicml-streaming==0.13.0 litdata==0.2.76 numpy pyarrow boto3 psutil
+	benchmarks/.peers/bin/python -m pip uninstall -q -y torchvision
+	touch $@

@@ -458,6 +458,8 @@ def make_loader(spec: dict[str, Any], cache: Path) -> Any:
             batch_size=spec["batch"],
             cache_limit=spec["cache_limit"] if remote else None,
         )
+        # For the parent's clean-up of this dataset's shared memory and filelocks.
+        Path(spec["result"] + ".shm").write_text(str(ds._shm_prefix_int))
         return streaming.StreamingDataLoader(
             ds, batch_size=spec["batch"], num_workers=spec["workers"]
         )
@@ -557,6 +559,33 @@ def case_main(spec_json: str) -> int:
     return 0
 
 
+def release_mosaic_shm(spec: dict[str, Any]) -> None:
+    """Remove the shared memory and ``/tmp`` filelocks of a finished Mosaic case.
+
+    A killed or crashed case leaves ``/dev/shm/NNNNNN_*`` behind, and
+    ``clean_stale_shared_memory()`` only walks prefixes up from 0 to the first one with
+    nothing leaked, so it misses them; a rerun on the same cache folder then fails with
+    "Reused local directory". Mosaic also never deletes its two ``/tmp/NNNNNN_*_filelock``
+    files, even after a clean run. The case wrote its prefix ``NNNNNN`` to a side file."""
+    import tempfile
+
+    import_mosaic()
+    from streaming.base.constant import BARRIER_FILELOCK, CACHE_FILELOCK, SHM_TO_CLEAN
+
+    side = Path(spec["result"] + ".shm")
+    if not side.exists():
+        return
+    prefix = int(side.read_text())
+    side.unlink()
+    paths = [Path("/dev/shm") / f"{prefix:06}_{name}" for name in SHM_TO_CLEAN]
+    paths += [
+        Path(tempfile.gettempdir()) / f"{prefix:06}_{name}"
+        for name in (BARRIER_FILELOCK, CACHE_FILELOCK)
+    ]
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def spawn_case(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one case in a child process (its own process group); its output goes to stderr."""
     result = Path(spec["result"])
@@ -602,7 +631,8 @@ def spawn_case(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    first = (__doc__ or "").split("\n\n")[0]
+    ap = argparse.ArgumentParser(description=" ".join(first.replace("``", "").split()))
     ap.add_argument("--kind", choices=KINDS)
     ap.add_argument("--source", type=Path, help="tokens: .npy (rows, 2048) uint16; text: dir")
     ap.add_argument("--rows-per-shard", type=int, help="samples per shard, as in ours")
@@ -620,6 +650,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--build-workers", type=int, default=min(4, os.cpu_count() or 1), help="for writing"
     )
     ap.add_argument("--case-timeout", type=float, default=3600.0, help="seconds per case")
+    ap.add_argument(
+        "--prepare-only", action="store_true", help="write (and upload) the dataset, then exit"
+    )
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.case is None:
@@ -636,12 +669,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     global OUT
+    args = parse_args(argv)
     # Results go to the real stdout; fd 1 (and so anything the peers print, also from their
     # worker processes) goes to stderr.
     OUT = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    args = parse_args(argv)
     if args.case is not None:
         return case_main(args.case)
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -661,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         for w in workers:
             print(json.dumps({**base, "workers": w, "error": msg}), file=OUT)
         return 1
+    if args.prepare_only:
+        return 0
     work = Path(args.work).resolve()
     for w in workers:
         spec = {
@@ -681,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         log(f"case: {args.peer} {args.kind} {source_kind} workers={w}")
         measured = spawn_case(spec, args.case_timeout)
+        if args.peer == "mosaic":
+            release_mosaic_shm(spec)
         line: dict[str, Any] = {
             **base,
             "workers": w,
@@ -700,6 +737,9 @@ def main(argv: list[str] | None = None) -> int:
             "cold_shuffle_quality": None,
             "reshuffled": None,
             "shards": built.shards,
+            "stored_bytes": sum(
+                p.stat().st_size for p in Path(built.path).rglob("*") if p.is_file()
+            ),
             "shards_exact": built.shards_exact,
             "build_s": built.build_s,
             "error": None,
