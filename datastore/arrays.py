@@ -47,7 +47,8 @@ __all__ = [
 
 
 def zarr_store(store: ObjectStore, path: str, *, read_only: bool) -> Any:
-    """A zarr v3 store rooted at ``path`` below ``store``: LocalStore, or obstore over S3.
+    """A zarr v3 store rooted at ``path`` below ``store``: LocalStore, or obstore over S3
+    (boto3 in a process forked after it was opened: see ``datastore._zarr_s3``).
 
     Rooting the zarr store at the array itself keeps zarr from writing implicit group
     metadata into the dataset prefix.
@@ -58,11 +59,13 @@ def zarr_store(store: ObjectStore, path: str, *, read_only: bool) -> Any:
     if loc.scheme == "file":
         return zarr.storage.LocalStore(loc.path, read_only=read_only)
     from datastore._s3 import S3Store
+    from datastore._zarr_s3 import ForkSafeS3Store
     from datastore.s3 import obstore_s3
 
     assert isinstance(store, S3Store)
-    return zarr.storage.ObjectStore(
-        obstore_s3(store.config, loc.bucket, loc.path), read_only=read_only
+    root = store.location.join(path).path[len(store.location.path) :].strip("/")
+    return ForkSafeS3Store(
+        obstore_s3(store.config, loc.bucket, loc.path), read_only=read_only, s3=store, root=root
     )
 
 

@@ -62,3 +62,33 @@ def test_bad_input_is_refused(root_uri: str, storage: StorageConfig | None) -> N
     assert dataset_versions(root_uri, storage) == []
     assert not [o for o in open_store(root_uri, storage).list() if "_manifests" in o.key]
     assert list(open_store(root_uri, storage).list()) == [], "aborted arrays are removed"
+
+
+def _read_in_child(arr: object, out: object) -> None:
+    out.put(np.asarray(arr[100:300]).tolist())  # type: ignore[attr-defined,index]
+
+
+def test_arrays_read_in_a_forked_child(root_uri: str, storage: StorageConfig | None) -> None:
+    """A process forked after its parent read an array (a DataLoader worker after the training
+    script opened a token dataset) reads it too. On S3 the parent's obstore runtime does not
+    survive the fork: without the boto3 fallback the child hangs."""
+    import multiprocessing as mp
+
+    rows = np.arange(500 * 8, dtype=np.uint16).reshape(500, 8)
+    with ArrayDatasetWriter(root_uri, config=storage) as w:
+        w.create_array("x", dtype="uint16", row_shape=(8,), chunk_rows=16, shard_rows=64)
+        w.append("x", rows)
+    ds = open_dataset(root_uri, config=storage)
+    assert isinstance(ds, ArrayDataset)
+    arr = ds.array("x")
+    np.testing.assert_array_equal(np.asarray(arr[0:10]), rows[0:10])  # the parent reads first
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(arr, out))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung reading the array")
+    assert child.exitcode == 0
+    assert out.get(timeout=5) == rows[100:300].tolist()
