@@ -137,8 +137,8 @@ class TokenRows:
 
     seq_len: int
     n: int
-    #: (positions in the batch, a shard's ``(rows, seq_len)`` ids, rows in that shard)
-    gathers: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    #: (position(s) in the batch, a shard's ``(rows, seq_len)`` ids, row(s) in that shard)
+    gathers: list[tuple[Any, np.ndarray, Any]] = field(default_factory=list)
     #: document lengths of each batch row, in row order
     pieces: list[np.ndarray] = field(default_factory=list)
 
@@ -222,6 +222,7 @@ class TokenRows:
 
 
 _ARANGE = np.arange(0, dtype=np.int64)
+_NO_PIECES = np.empty(0, np.int64)
 
 
 def _arange(n: int) -> np.ndarray:
@@ -332,7 +333,7 @@ class TokenSource(_Unpicklable):
         info = next(a for a in packed.dataset.manifest.arrays if a.name == "tokens")
         self.checksums = {o.path.rsplit("/", 3)[-2]: o.checksum for o in info.objects}
         self.fingerprint = f"{packed.dataset.uri}@{packed.dataset.version}"
-        self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._open: OrderedDict[int, tuple[np.ndarray, list[int], np.ndarray]] = OrderedDict()
 
     def key(self, index: int) -> str:
         digest = self.checksums.get(str(index), "")
@@ -372,7 +373,7 @@ class TokenSource(_Unpicklable):
             cache.path(f"tokens/{key}.segments.npz", build_segments),
         )
 
-    def shard(self, index: int, cache: ShardCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def shard(self, index: int, cache: ShardCache) -> tuple[np.ndarray, list[int], np.ndarray]:
         """(ids ``(rows, seq_len)`` memory-mapped, first segment of each row and one past the
         last, document lengths) of shard ``index``."""
         got = self._open.get(index)
@@ -387,25 +388,24 @@ class TokenSource(_Unpicklable):
                 with np.load(segments_path) as z:
                     return tokens, z["bounds"], z["lengths"]
 
-            got = _retry_evicted(load)
+            tokens, bounds, lengths = _retry_evicted(load)
+            got = (tokens, bounds.tolist(), lengths)  # bounds indexed per row: Python ints
             _remember(self._open, index, got)
         return got
 
     def prepare(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> TokenRows:
+        # Row by row: a shuffled batch takes a row or two from each of many shards, where a
+        # vectorized gather per shard costs more than a row copy.
         n = len(rows)
-        batch = TokenRows(self.packed.seq_len, n, pieces=[np.empty(0, np.int64)] * n)
-        for s in np.unique(shards).tolist():
-            tokens, bounds, lengths = self.shard(s, cache)
-            mine = np.flatnonzero(shards == s)
-            mine_rows = rows[mine]
-            batch.gathers.append((mine, tokens, mine_rows))
-            for i, a, b in zip(
-                mine.tolist(),
-                bounds[mine_rows].tolist(),
-                bounds[mine_rows + 1].tolist(),
-                strict=True,
-            ):
-                batch.pieces[i] = lengths[a:b]
+        batch = TokenRows(self.packed.seq_len, n, pieces=[_NO_PIECES] * n)
+        opened: dict[int, tuple[np.ndarray, list[int], np.ndarray]] = {}
+        for i, (s, r) in enumerate(zip(shards.tolist(), rows.tolist(), strict=True)):
+            got = opened.get(s)
+            if got is None:
+                got = opened[s] = self.shard(s, cache)
+            tokens, bounds, lengths = got
+            batch.gathers.append((i, tokens, r))
+            batch.pieces[i] = lengths[bounds[r] : bounds[r + 1]]
         return batch
 
     def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
