@@ -254,6 +254,10 @@ class TableSource(_Unpicklable):
     def name(self, index: int) -> str:
         return f"tables/{self.ds.shards[index].checksum.split(':')[-1]}-{self.tag}.arrow"
 
+    def cached_sizes(self) -> np.ndarray:
+        """Bytes each shard takes in the cache, at least (its stored, compressed size)."""
+        return np.array([s.bytes for s in self.ds.shards], np.int64)
+
     def cache_names(self) -> dict[str, int]:
         """Cache file name -> shard index."""
         return {self.name(i): i for i in range(len(self.sizes))}
@@ -340,6 +344,12 @@ class TokenSource(_Unpicklable):
         if digest:
             return digest.split(":")[-1]
         return hashlib.sha256(f"{self.fingerprint}/{index}".encode()).hexdigest()
+
+    def cached_sizes(self) -> np.ndarray:
+        """Bytes each shard takes in the cache (its token rows)."""
+        row_bytes = int(self.packed.seq_len) * int(self.packed.tokens.dtype.itemsize)
+        out: np.ndarray = self.sizes * row_bytes
+        return out
 
     def cache_names(self) -> dict[str, int]:
         """Cache file name -> shard index."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -125,6 +126,8 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         self._names = self.source.cache_names() if len(self.sources) == 1 else {}
         self._cursor = 0  # position of the batch being read (for eviction order)
         self.cache = ShardCache(cache_dir, limit_bytes=cache_limit, next_use=self._next_use)
+        if cache_limit is not None and len(self.sources) == 1:
+            self._check_window(cache_limit)
         if prefetch < 0:
             raise InvalidInput(f"prefetch must be 0 or more shards; got {prefetch}")
         self.prefetch = prefetch
@@ -138,6 +141,27 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             BatchPlan(self.total, batch_size, world, policy=policy)
         except ValueError as err:
             raise InvalidInput(f"StreamingDataset({self.uri}): {err}") from None
+
+    def _check_window(self, limit: int) -> None:
+        """Warn when one shuffle block's shards cannot all stay cached: every batch draws from
+        all of them, so no eviction order can keep the cache from thrashing."""
+        sizes = self.source.sizes
+        cached = self.source.cached_sizes()
+        if not sizes.sum():
+            return
+        per_sample = float(cached.sum()) / float(sizes.sum())
+        edge = 2 * int(cached.max())  # a block starts and ends inside shards
+        window = min(int(cached.sum()), int(per_sample * self.block) + edge)
+        if window > limit:
+            fits = max(1, int((limit - edge) / per_sample)) if limit > edge else 0
+            hint = f"block={fits:,} or less" if fits else "fewer, smaller shards"
+            warnings.warn(
+                f"cache_limit={limit:,} bytes is below the ~{window:,} bytes of shards one "
+                f"shuffle block of {self.uri} reads (block={self.block:,} samples): every batch "
+                f"draws from all of them, so the cache will refetch shards within the block; "
+                f"use {hint}, or raise cache_limit",
+                stacklevel=3,
+            )
 
     # -- sizes and random access -----------------------------------------------------------
     @property

@@ -4,6 +4,7 @@ workers, 1 and 2 ranks), resume and elastic resume, token batches, S3, errors.""
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -305,13 +306,17 @@ def test_cache_limit_evicts_by_future_use_without_thrashing(tmp_path: Path) -> N
     assert len(sizes) >= 8
     limit = whole // 3
     rows_per_shard = int(np.median(probe.source.sizes))
-    ds = StreamingDataset(
-        uri,
-        batch_size=10,
-        block=2 * rows_per_shard,
-        cache_dir=str(tmp_path / "c"),
-        cache_limit=limit,
-    )
+    with pytest.warns(UserWarning, match=r"one shuffle block .* use block="):
+        StreamingDataset(uri, batch_size=10, cache_dir=str(tmp_path / "w"), cache_limit=limit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a block whose shards fit: no warning
+        ds = StreamingDataset(
+            uri,
+            batch_size=10,
+            block=2 * rows_per_shard,
+            cache_dir=str(tmp_path / "c"),
+            cache_limit=limit,
+        )
     for epoch in range(2):
         before = ds.cache.bytes_fetched
         assert sorted(_ids(ds)) == list(range(1200)), f"epoch {epoch}"
