@@ -1,12 +1,12 @@
-"""The zarr store for arrays on S3: obstore (fast, async) in the process that opened it, and
-our boto3 store in a process forked from it.
+"""The zarr store for arrays on S3: obstore (fast, async), except in a process forked after
+obstore started in its parent, where it reads through our boto3 store.
 
-obstore runs on a tokio runtime whose threads do not survive ``fork()``: a child that touches
-a store its parent used hangs for ever (a PyTorch DataLoader worker forked after the training
-script opened a token dataset, for one). Boto3 clients are made per process
-(``datastore.s3.make_client``), so after a fork the same reads go through them instead; a
-store that is pickled to another process (spawned Dask workers) starts over with obstore
-there.
+obstore runs on one tokio runtime per process, whose threads do not survive ``fork()``: a
+child that touches obstore after its parent did hangs for ever (a PyTorch DataLoader worker
+forked after the training script opened a token dataset, for one), whichever store object it
+uses. Boto3 clients are made per process (``datastore.s3.make_client``), so after such a fork
+the same reads go through them instead. A spawned process (Dask workers) starts with a fresh
+interpreter and uses obstore.
 """
 
 from __future__ import annotations
@@ -23,6 +23,22 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from datastore._s3 import S3Store
 from datastore.errors import NotFound
 
+#: The process that started obstore's runtime (None: none has, in this process's ancestry).
+#: The runtime is one per process: whichever store started it, a child forked afterwards
+#: must not use any.
+_OBSTORE_PID: int | None = None
+
+
+def _obstore_broken() -> bool:
+    """Whether obstore's runtime was started before this process was forked from it."""
+    return _OBSTORE_PID is not None and os.getpid() != _OBSTORE_PID
+
+
+def _using_obstore() -> None:
+    global _OBSTORE_PID
+    if _OBSTORE_PID is None:
+        _OBSTORE_PID = os.getpid()
+
 
 class ForkSafeS3Store(zarr.storage.ObjectStore):  # type: ignore[type-arg]
     """A zarr ``ObjectStore`` over ``obstore_store`` that reads through ``s3`` (keys below
@@ -32,17 +48,15 @@ class ForkSafeS3Store(zarr.storage.ObjectStore):  # type: ignore[type-arg]
         super().__init__(obstore_store, read_only=read_only)
         self._s3 = s3
         self._root = root.strip("/")
-        self._pid = os.getpid()
 
     def with_read_only(self, read_only: bool = False) -> ForkSafeS3Store:
         return type(self)(self.store, read_only=read_only, s3=self._s3, root=self._root)
 
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        super().__setstate__(state)
-        self._pid = os.getpid()  # a fresh process: its own obstore runtime works
-
     def _forked(self) -> bool:
-        return os.getpid() != self._pid
+        if _obstore_broken():
+            return True
+        _using_obstore()
+        return False
 
     def _key(self, key: str) -> str:
         return f"{self._root}/{key}" if self._root else key
@@ -98,8 +112,22 @@ class ForkSafeS3Store(zarr.storage.ObjectStore):  # type: ignore[type-arg]
         self._check_writable()
         await asyncio.to_thread(self._s3.delete, self._key(key))
 
+    async def getsize(self, key: str) -> int:
+        if not self._forked():
+            return await super().getsize(key)
+        info = await asyncio.to_thread(self._s3.head, self._key(key))
+        return info.size
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        if not self._forked():
+            return await super().set_if_not_exists(key, value)
+        self._check_writable()
+        if not await self.exists(key):
+            await self.set(key, value)
+
     async def _listed(self, prefix: str) -> list[str]:
-        full = self._key(prefix)
+        # the root's own prefix ends with "/": no sibling array whose name extends it
+        full = self._key(prefix) if prefix else (f"{self._root}/" if self._root else "")
         infos = await asyncio.to_thread(lambda: list(self._s3.list(full)))
         cut = len(self._root) + 1 if self._root else 0
         return [info.key[cut:] for info in infos]

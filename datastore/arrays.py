@@ -63,7 +63,7 @@ def zarr_store(store: ObjectStore, path: str, *, read_only: bool) -> Any:
     from datastore.s3 import obstore_s3
 
     assert isinstance(store, S3Store)
-    root = store.location.join(path).path[len(store.location.path) :].strip("/")
+    root = path.strip("/")
     return ForkSafeS3Store(
         obstore_s3(store.config, loc.bucket, loc.path), read_only=read_only, s3=store, root=root
     )

@@ -66,21 +66,26 @@ class ShardCache:
         self.rebuilt = 0  # of which replaced a cached file that failed its checksum
         self.evicted = 0  # files this process removed to stay under the limit
         self._verified: set[Path] = set()
-        self._counting = threading.Lock()  # prefetch threads build files too
+        self._lock: threading.Lock | None = None  # prefetch threads build files too
+        self._lock_pid = 0
+
+    @property
+    def _counting(self) -> threading.Lock:
+        """This process's lock for the counters (a fork may copy one held by a thread)."""
+        if self._lock is None or self._lock_pid != os.getpid():
+            self._lock, self._lock_pid = threading.Lock(), os.getpid()
+        return self._lock
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
-        del state["_counting"]
+        state["_lock"] = None
         return state
 
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-        self._counting = threading.Lock()
-
-    def path(self, name: str, build: Callable[[Path], None]) -> Path:
+    def path(self, name: str, build: Callable[[Path], None], keep: tuple[Path, ...] = ()) -> Path:
         """The cached file ``name``; on a miss (or a cached copy that fails its checksum)
         ``build(tmp_path)`` writes it, under a lock so concurrent processes build it once, and
-        it is renamed into place."""
+        it is renamed into place. Making room for it never evicts the files in ``keep`` (the
+        other files of the same shard)."""
         final = self.root / name
         if final.exists() and (final in self._verified or self._intact(final)):
             self._verified.add(final)
@@ -91,28 +96,35 @@ class ShardCache:
         )
         with os.fdopen(lock_fd, "r+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if final.exists():
-                if self._intact(final):  # another process built it while we waited
-                    self._verified.add(final)
-                    return final
-                with self._counting:
-                    self.rebuilt += 1
-            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-            os.close(fd)
             try:
-                build(Path(tmp))
-                size = os.stat(tmp).st_size
-                os.replace(tmp, final)
-                _write_sum(final)  # hashed once per node, here; readers compare stat fields
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            with self._counting:
-                self.fetches += 1
-                self.bytes_fetched += size
+                if final.exists():
+                    if self._intact(final):  # another process built it while we waited
+                        self._verified.add(final)
+                        return final
+                    with self._counting:
+                        self.rebuilt += 1
+                fd, tmp = tempfile.mkstemp(
+                    dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"
+                )
+                os.close(fd)
+                try:
+                    build(Path(tmp))
+                    size = os.stat(tmp).st_size
+                    os.replace(tmp, final)
+                    _write_sum(final)  # hashed once per node, here; readers compare stat fields
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+                with self._counting:
+                    self.fetches += 1
+                    self.bytes_fetched += size
+            finally:
+                # explicitly: a process forked meanwhile shares the open file, and with it
+                # the lock, which closing our descriptor alone would not release
+                fcntl.flock(lock, fcntl.LOCK_UN)
         self._verified.add(final)
         if self.limit_bytes is not None:
-            self._make_room(keep=final)
+            self._make_room(keep={final, *keep})
         return final
 
     def cached_bytes(self) -> int:
@@ -133,7 +145,7 @@ class ShardCache:
                 out.append((path, st.st_size, st.st_mtime))
         return out
 
-    def _make_room(self, keep: Path) -> None:
+    def _make_room(self, keep: set[Path]) -> None:
         assert self.limit_bytes is not None
         files = self._files()
         total = sum(size for _, size, _ in files)
@@ -149,7 +161,7 @@ class ShardCache:
         for path, size, _ in sorted(files, key=lambda f: (-distance(f[0]), f[2])):
             if total <= self.limit_bytes:
                 break
-            if path == keep:
+            if path in keep:
                 continue
             path.unlink(missing_ok=True)
             _sum_path(path).unlink(missing_ok=True)

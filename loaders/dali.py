@@ -184,8 +184,8 @@ def numpy_reader_pipeline(
     The pipeline gives ``input_ids`` (``(seq_len,)`` per sample, widened to int64 on the
     pipeline's device after the read, which moves the stored uint16/uint32 bytes); position
     ids and labels come from the external-source path
-    (:func:`dali_pipeline`) or are computed on the GPU. The last batch is padded with the
-    epoch's first rows to a full DALI batch: iterate ``samples`` samples (``size=`` of
+    (:func:`dali_pipeline`) or are computed on the GPU. The last batch is padded with
+    this rank's first rows to a full DALI batch: iterate ``samples`` samples (``size=`` of
     ``DALIGenericIterator`` with ``last_batch_policy=PARTIAL``)."""
     from nvidia.dali import fn, types
     from nvidia.dali.pipeline import pipeline_def
@@ -217,9 +217,9 @@ def numpy_reader_pipeline(
     paths = {int(s): str(src.fetch(int(s), dataset.cache)[0]) for s in needed.tolist()}
     b = dataset.batch_size
     samples = len(rows)
-    pad = -samples % b
-    shards = np.concatenate([shards, shards[:pad]])
-    rows = np.concatenate([rows, rows[:pad]])
+    # a full last DALI batch: this rank's first rows again (the iterator drops them)
+    again = np.resize(np.arange(samples), samples + (-samples % b))
+    shards, rows = shards[again], rows[again]
     files = [paths[int(s)] for s in shards.tolist()]
     starts = _RowStarts(rows, b)
     seq_len = src.packed.seq_len

@@ -14,8 +14,9 @@ so no process materialises a permutation of the whole epoch.
 ``start`` is where the epoch (re)started and ``b`` the batch size. Rank ``r`` of ``world``
 takes global batches ``r, r + world, r + 2*world, ...`` (its step ``n`` is batch
 ``n*world + r``), and DataLoader worker ``w`` of ``W`` produces the rank's steps
-``w, w + W, ...``: exactly the round-robin order in which a PyTorch DataLoader takes batches
-from its workers. Whole batches cross the process boundary, never single samples.
+``w, w + W, ...`` (or runs of ``group`` consecutive steps dealt out the same way): exactly
+the round-robin order in which a PyTorch DataLoader takes items from its workers. Whole
+batches cross the process boundary, never single samples.
 
 **Resume.** After every rank has taken ``n`` steps, exactly positions ``start ..
 start + n*world*b - 1`` have been consumed: a prefix of the epoch. A checkpoint needs only the

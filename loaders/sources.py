@@ -249,7 +249,7 @@ class TableSource(_Unpicklable):
         self.sizes = np.array([s.rows for s in ds.shards], np.int64)
         cols = json.dumps(self.columns)
         self.tag = hashlib.sha256(cols.encode()).hexdigest()[:12]
-        self._open: OrderedDict[int, pa.Table] = OrderedDict()
+        self._open: OrderedDict[int, _TableShard] = OrderedDict()
 
     def name(self, index: int) -> str:
         return f"tables/{self.ds.shards[index].checksum.split(':')[-1]}-{self.tag}.arrow"
@@ -274,31 +274,47 @@ class TableSource(_Unpicklable):
 
         return cache.path(self.name(index), build)
 
-    def shard(self, index: int, cache: ShardCache) -> pa.Table:
+    def shard(self, index: int, cache: ShardCache) -> _TableShard:
         table = self._open.get(index)
         if table is not None:
             self._open.move_to_end(index)
         else:
-            table = _retry_evicted(
-                lambda: pa.ipc.open_file(pa.memory_map(str(self.fetch(index, cache)))).read_all()
+            table = _TableShard(
+                _retry_evicted(
+                    lambda: pa.ipc.open_file(
+                        pa.memory_map(str(self.fetch(index, cache)))
+                    ).read_all()
+                )
             )
             _remember(self._open, index, table)
         return table
 
     def prepare(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
-        """The batch's columns (a table batch is complete once read)."""
-        if len(shards) and (shards == shards[0]).all():
-            table = self.shard(int(shards[0]), cache).take(pa.array(rows))
-        else:
-            parts = []
-            order = np.argsort(shards, kind="stable")
-            for s in np.unique(shards):
-                mine = order[shards[order] == s]
-                parts.append((mine, self.shard(int(s), cache).take(pa.array(rows[mine]))))
-            table = pa.concat_tables([t for _, t in parts])
-            back = np.argsort(np.concatenate([m for m, _ in parts]), kind="stable")
-            table = table.take(pa.array(back))
-        return {name: _column(table.column(name)) for name in table.column_names}
+        """The batch's columns (a table batch is complete once read): row by row, as a
+        shuffled batch takes a row or two from each of many shards."""
+        n = len(rows)
+        names = self.schema.names
+        values: list[list[Any]] = [[None] * n for _ in names]
+        dense = [True] * len(names)  # numeric without nulls in every shard touched
+        opened: dict[int, _TableShard] = {}
+        for i, (s, r) in enumerate(zip(shards.tolist(), rows.tolist(), strict=True)):
+            shard = opened.get(s)
+            if shard is None:
+                shard = opened[s] = self.shard(s, cache)
+                for c, (is_dense, _) in enumerate(shard.columns):
+                    dense[c] = dense[c] and is_dense
+            for c, (is_dense, column) in enumerate(shard.columns):
+                values[c][i] = column[r] if is_dense else column[r].as_py()
+        out: dict[str, Any] = {}
+        for c, name in enumerate(names):
+            kind = self.schema.field(name).type
+            numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+            col = values[c]
+            if dense[c] or ((numeric or pa.types.is_boolean(kind)) and None not in col):
+                out[name] = np.fromiter(col, kind.to_pandas_dtype(), n)
+            else:
+                out[name] = [v.item() if isinstance(v, np.generic) else v for v in col]
+        return out
 
     def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
         return self.prepare(shards, rows, cache)
@@ -307,13 +323,21 @@ class TableSource(_Unpicklable):
         return {k: v[0] for k, v in self.read(np.array([shard]), np.array([row]), cache).items()}
 
 
-def _column(col: pa.ChunkedArray) -> Any:
-    kind = col.type
-    numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-    if numeric and col.null_count == 0:
-        # writable: the batch is handed to torch, which refuses read-only memory
-        return col.combine_chunks().to_numpy(zero_copy_only=False, writable=True)
-    return col.to_pylist()
+class _TableShard:
+    """A cached table shard, its columns ready for reading single rows: numeric columns
+    without nulls as numpy views, the others as Arrow arrays."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.columns: list[tuple[bool, Any]] = []
+        for col in table.columns:
+            arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+            kind = arr.type
+            numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+            if (numeric or pa.types.is_boolean(kind)) and arr.null_count == 0:
+                self.columns.append((True, arr.to_numpy(zero_copy_only=False)))
+            else:
+                self.columns.append((False, arr))
 
 
 class TokenSource(_Unpicklable):
@@ -378,10 +402,8 @@ class TokenSource(_Unpicklable):
                 np.savez(f, bounds=bounds, lengths=lengths)
 
         key = self.key(index)
-        return (
-            cache.path(f"tokens/{key}.npy", build_tokens),
-            cache.path(f"tokens/{key}.segments.npz", build_segments),
-        )
+        tokens = cache.path(f"tokens/{key}.npy", build_tokens)
+        return tokens, cache.path(f"tokens/{key}.segments.npz", build_segments, keep=(tokens,))
 
     def shard(self, index: int, cache: ShardCache) -> tuple[np.ndarray, list[int], np.ndarray]:
         """(ids ``(rows, seq_len)`` memory-mapped, first segment of each row and one past the

@@ -13,7 +13,9 @@ document, the usual way to mask attention across packed documents), ``cu_seqlens
 flash-attention's varlen form over the flattened batch: every document, and each row's padding
 as one more segment, ending at ``b * seq_len``) and ``seq_lens`` (non-pad tokens per row).
 ``outputs=`` picks a subset of these (fewer bytes per batch). Every value is one array; a
-:class:`StatefulLoader` worker sends several batches at a time as one shared-memory block.
+:class:`StatefulLoader` worker sends several batches at a time as one shared-memory block,
+reused once the training loop has dropped all of them: clone a tensor you keep for long (it
+keeps its whole block, and the worker then allocates fresh ones).
 ``labels`` are not masked at document starts: a model that shifts
 labels internally (Hugging Face causal LMs) learns to predict a document's first token from
 the end of the previous one unless attention is limited by ``position_ids``/``cu_seqlens``.
@@ -23,7 +25,6 @@ array.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import warnings
@@ -61,13 +62,9 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     :class:`StatefulLoader`, which counts the batches the training loop received.
     """
 
-    #: batches per item a DataLoader worker yields (0: single batches); set by StatefulLoader
-    _transfer: int = 0
     #: batches this worker produced in this iteration, and those to skip (a worker's resume)
     _produced: int = 0
     _skip: int = 0
-    #: reusable shared-memory blocks for the runs (set by StatefulLoader)
-    _slots: Slots | None = None
 
     def __init__(
         self,
@@ -250,7 +247,7 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             base["worker"] = {
                 "id": info.id,
                 "workers": info.num_workers,
-                "group": max(1, self._transfer),
+                "group": 1,
                 "produced": self._produced,
             }
             return base
@@ -274,20 +271,19 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
                 f"(seed {self.seed}); resume with the dataset version and seed it was saved with"
             )
         self.epoch, self._start, self._steps = st.epoch, st.position, 0
-        self._skip = 0
+        self._skip = self._produced = 0
         worker = state.get("worker")
         if worker is not None:
             info = get_worker_info()
             here = (info.id, info.num_workers) if info is not None else None
-            group = max(1, self._transfer)
-            if here != (worker.get("id"), worker.get("workers")) or group != worker.get("group"):
+            if here != (worker.get("id"), worker.get("workers")) or worker.get("group") != 1:
                 raise InvalidInput(
                     f"cannot resume {self.uri}: the state is DataLoader worker "
                     f"{worker.get('id')} of {worker.get('workers')}'s (torchdata's per-worker "
                     f"form), which resumes only in that worker at that worker count; "
                     "use loaders.StatefulLoader to resume at another count"
                 )
-            self._skip = int(worker.get("produced", 0))
+            self._skip = self._produced = int(worker.get("produced", 0))
 
     # -- iteration -------------------------------------------------------------------------
     def batches(self, worker: int = 0, workers: int = 1) -> Iterator[dict[str, Any]]:
@@ -449,19 +445,45 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         if info is not None:
-            group = max(1, self._transfer)
-            runs = self._runs(info.id, info.num_workers, group, True, self._slots)
-            if self._transfer:  # StatefulLoader unpacks the (slot, run) pairs
-                yield from runs  # type: ignore[misc]
-            else:
-                for _, run in runs:
-                    yield from run
-            return
+            # eager, not in a generator body: torchdata asks for a worker's state before
+            # its first batch
+            self._produced = self._skip
+            return self._worker_batches(info.id, info.num_workers)
+        return self._main_batches()
+
+    def _worker_batches(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+        for _, run in self._runs(worker, workers, 1, True, None):
+            yield from run
+
+    def _main_batches(self) -> Iterator[dict[str, Any]]:
         self._start, self._steps = self.plan().consumed(self._steps), 0  # a re-iteration goes on
         for batch in self.batches():
             self._steps += 1
             yield batch
         self.set_epoch(self.epoch + 1)
+
+    def _close_prefetch(self) -> None:
+        """Wait for running prefetches and stop the threads (before forking workers: a fork
+        must not copy a fetch in progress, or its cache lock)."""
+        if self._ahead is not None:
+            self._ahead.close(wait=True)
+            self._ahead = None
+
+
+class _Runs(IterableDataset[tuple[int, list[dict[str, Any]]]]):
+    """What a :class:`StatefulLoader`'s workers iterate: runs of ``transfer`` batches of
+    ``dataset``, each with the slot of ``slots`` its buffer came from (-1: a fresh one)."""
+
+    def __init__(self, dataset: StreamingDataset, transfer: int, slots: Slots) -> None:
+        self.dataset = dataset
+        self.transfer = transfer
+        self.slots = slots
+
+    def __iter__(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        info = get_worker_info()
+        if info is None:
+            raise InvalidInput("runs of batches are for DataLoader workers")
+        return self.dataset._runs(info.id, info.num_workers, self.transfer, True, self.slots)
 
 
 class _Prefetcher:
@@ -483,8 +505,8 @@ class _Prefetcher:
         self.submitted.add(shard)
         self.running.append(self.pool.submit(fetch, shard, cache))
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, wait: bool = False) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
 class StatefulLoader:
@@ -501,6 +523,11 @@ class StatefulLoader:
             raise InvalidInput("StatefulLoader batches in the dataset: drop batch_size")
         if kwargs.get("in_order") is False:
             raise InvalidInput("StatefulLoader needs in_order=True: positions follow the order")
+        if kwargs.get("collate_fn") is not None:
+            raise InvalidInput(
+                "StatefulLoader batches in the dataset: drop collate_fn and apply it to each "
+                "batch in the training loop"
+            )
         self.dataset = dataset
         self.kwargs = {**kwargs, "batch_size": None}
         self.steps = 0
@@ -512,20 +539,21 @@ class StatefulLoader:
         self.steps = 0
         epoch = ds.epoch
         if self.kwargs.get("num_workers", 0):
-            # workers send runs of batches, each run one shared-memory block (the per-block
-            # cost of a hand-off, not the copy, dominates with small batches)
-            sent = copy.copy(ds)
-            sent._transfer = self.transfer
+            # Workers send runs of batches, each run in one reused shared-memory block (the
+            # per-block cost of a hand-off, not the copy, dominates with small batches).
+            ds._close_prefetch()
             workers = int(self.kwargs["num_workers"])
             depth = int(self.kwargs.get("prefetch_factor") or 2)
-            slots = sent._slots = Slots(workers, depth + 2)
-            for slot, run in DataLoader(sent, **self.kwargs):
+            slots = Slots(workers, depth + 2)
+            batch: dict[str, Any] | None = None
+            for slot, run in DataLoader(_Runs(ds, self.transfer, slots), **self.kwargs):
                 if slot >= 0:
                     slots.release_when_dropped(slot, next(iter(run[0].values())))
                 for batch in run:
                     self.steps += 1
                     yield batch
-                del run  # the block is free once the training loop drops the batches
+                # the block is free once the training loop drops the run's batches
+                run = batch = None
         else:
             for batch in DataLoader(ds, **self.kwargs):
                 self.steps += 1

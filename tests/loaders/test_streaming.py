@@ -289,7 +289,8 @@ def test_mixture_is_deterministic_resumable_and_weighted(tmp_path: Path) -> None
         StreamingDataset([web, str(tmp_path / "other")], batch_size=2)
 
 
-def test_cache_limit_evicts_by_future_use_without_thrashing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_cache_limit_evicts_by_future_use_without_thrashing(tmp_path: Path, workers: int) -> None:
     """A cache of about a third of the dataset: every epoch still fetches each shard about
     once (bytes fetched per epoch close to the dataset's size), and the cache stays under its
     limit (plus the file just built)."""
@@ -317,6 +318,12 @@ def test_cache_limit_evicts_by_future_use_without_thrashing(tmp_path: Path) -> N
             cache_dir=str(tmp_path / "c"),
             cache_limit=limit,
         )
+    if workers:  # fetches happen in the workers: every sample once, the cache bounded
+        loader = StatefulLoader(ds, num_workers=workers)
+        for epoch in range(2):
+            assert sorted(_ids(loader)) == list(range(1200)), f"epoch {epoch}"
+            assert ds.cache.cached_bytes() <= limit + 2 * biggest
+        return
     for epoch in range(2):
         before = ds.cache.bytes_fetched
         assert sorted(_ids(ds)) == list(range(1200)), f"epoch {epoch}"
@@ -434,7 +441,13 @@ def test_torchdata_stateful_dataloader_resumes_exactly(
     del it
     _, second = loader()
     second.load_state_dict(state)
-    rest = [b["idx"].tolist() for b in second]
+    it2 = iter(second)
+    seen.append(next(it2)["idx"].tolist())  # saved again before every worker has yielded
+    state2 = second.state_dict()
+    del it2
+    _, third = loader()
+    third.load_state_dict(state2)
+    rest = [b["idx"].tolist() for b in third]
     assert seen + rest == want
     if workers:  # a worker's state is refused at another worker count, with the fix
         ds, other = loader()
