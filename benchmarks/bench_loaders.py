@@ -346,7 +346,7 @@ def run_peer(
         "--batch",
         str(BATCH),
         "--case-timeout",
-        "300",
+        "150",
     ]
     env = dict(os.environ)
     if s3 is not None:

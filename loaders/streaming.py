@@ -371,6 +371,9 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             if self._ahead is not None:
                 self._ahead.close()
             self._ahead = _Prefetcher(order, self.prefetch)
+        ahead = self._ahead
+        if not ahead.room():
+            return
         b = self._cursor // self.block
         lo, hi = b * self.block, min(order.total, (b + 2) * self.block)
         ends = order._perm_ends
@@ -378,14 +381,16 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         last = int(np.searchsorted(ends, hi - 1, side="right"))
         last = max(last, int(np.searchsorted(ends, self._cursor, side="right")) + 2 * self.prefetch)
         limit = self.cache.limit_bytes
-        for shard in order.shard_order[first : last + 1].tolist():
-            if not self._ahead.room():
+        start = max(first, ahead.upto)  # shards are submitted in order: skip those done
+        for k in range(start, min(last + 1, len(order.shard_order))):
+            if not ahead.room():
                 break
-            if shard in self._ahead.submitted:
-                continue
             if limit is not None and not self._room_for_one_more(limit):
                 break  # a prefetch now would evict a shard needed sooner
-            self._ahead.submit(shard, self.source.fetch, self.cache)
+            shard = int(order.shard_order[k])
+            if shard not in ahead.submitted:
+                ahead.submit(shard, self.source.fetch, self.cache)
+            ahead.upto = k + 1
 
     def _room_for_one_more(self, limit: int) -> bool:
         """Whether the cache can take the running prefetches and one more shard (each
@@ -495,6 +500,7 @@ class _Prefetcher:
         self.width = width
         self.pool = ThreadPoolExecutor(width, thread_name_prefix="shardyard-prefetch")
         self.submitted: set[int] = set()
+        self.upto = 0  # shard_order[:upto] all submitted
         self.running: list[Future[Any]] = []
 
     def room(self) -> bool:
