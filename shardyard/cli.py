@@ -10,6 +10,7 @@ import typer
 
 import datastore.cli
 import pipelines.cli
+import registry.cli
 from datastore import ShardyardError, StorageConfig, __version__
 
 __all__ = ["app", "main"]
@@ -23,6 +24,7 @@ app.add_typer(datastore.cli.app, name="dataset")
 app.add_typer(pipelines.cli.app, name="ingest")
 app.command("tokenize")(pipelines.cli.tokenize_command)
 app.add_typer(pipelines.cli.tokenizer_app, name="tokenizer")
+app.add_typer(registry.cli.app, name="registry")
 
 
 def _show_version(value: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,31 @@ def storage(backend: str, request: pytest.FixtureRequest) -> StorageConfig | Non
 def store(root_uri: str, storage: StorageConfig | None) -> ObjectStore:
     """An ObjectStore at ``root_uri``."""
     return open_store(root_uri, storage)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server (one per xdist worker), started as the ``postgres`` user in a
+    directory it owns (pytest's own temp root is private to root)."""
+    import shutil
+    import tempfile
+
+    from registry.testing import PostgresServer
+
+    work = Path(tempfile.mkdtemp(prefix="shardyard-pg-"))
+    server = PostgresServer(work)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty registry database on each SQL backend the registry supports."""
+    if request.param == "sqlite":
+        return str(tmp_path / "registry.db")
+    server = request.getfixturevalue("postgres")
+    return str(server.create_database())

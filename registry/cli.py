@@ -1,0 +1,218 @@
+"""``shardyard registry ...``: register, list, show, download, aliases, revoke.
+
+The registry location: ``--registry`` (a path for SQLite or a ``postgresql://`` URL), else
+``SHARDYARD_REGISTRY``, else ``$SHARDYARD_HOME/registry.db``; blobs: ``--blobs``, else
+``SHARDYARD_REGISTRY_BLOBS``, else ``$SHARDYARD_HOME/blobs``. Every read command takes
+``--json``. The registry module is imported inside the commands, so that ``shardyard`` starts
+without SQLAlchemy when it does something else.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from datastore.cli import JsonOpt, storage_config
+from datastore.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from registry.registry import Registry, Version
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Versioned datasets, tokenizers, checkpoints and models.", no_args_is_help=True
+)
+alias_app = typer.Typer(help="Move and inspect aliases.", no_args_is_help=True)
+app.add_typer(alias_app, name="alias")
+
+RegistryOpt = typer.Option(
+    None, "--registry", help="Registry database: path (SQLite) or postgresql:// URL."
+)
+BlobsOpt = typer.Option(None, "--blobs", help="Blob store: directory or s3:// URI.")
+
+
+def _open(ctx: typer.Context, db: str | None, blobs: str | None) -> Registry:
+    from registry.registry import Registry
+
+    return Registry(db, blobs, config=storage_config(ctx))
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"{what} {item!r}: write it as key=value")
+        out[key] = value
+    return out
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _show(v: Version) -> None:
+    typer.echo(f"{v.ref}  ({v.kind}{', REVOKED' if v.revoked_at else ''})")
+    typer.echo(f"  digest   {v.digest}")
+    typer.echo(f"  created  {_when(v.created_at)} by {v.created_by}")
+    if v.aliases:
+        typer.echo(f"  aliases  {', '.join(v.aliases)}")
+    if v.dataset_uri:
+        typer.echo(f"  dataset  {v.dataset_uri} (version {v.dataset_version})")
+    for k, val in sorted(v.tags.items()):
+        typer.echo(f"  tag      {k}={val}")
+    for k, m in sorted(v.metrics.items()):
+        typer.echo(f"  metric   {k}={m:g}")
+    for f in v.files:
+        typer.echo(f"  file     {f.path}  {f.size:,} B  sha256:{f.sha256[:16]}")
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="[namespace/]name"),
+    paths: list[str] = typer.Argument(None, help="Files or directories to store."),
+    kind: str = typer.Option(..., "--kind", "-k", help="dataset, tokenizer, checkpoint, ..."),
+    tag: list[str] = typer.Option([], "--tag", help="key=value (repeatable)."),
+    metric: list[str] = typer.Option([], "--metric", help="key=number (repeatable)."),
+    parent: list[str] = typer.Option([], "--parent", help="Reference it derives from."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Point at a Shardyard dataset URI (its latest version)."
+    ),
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register a new version; prints its reference."""
+    metrics = {}
+    for k, v in _pairs(metric, "metric").items():
+        try:
+            metrics[k] = float(v)
+        except ValueError:
+            raise InvalidInput(f"metric {k}={v!r} is not a number") from None
+    pointer = None
+    if dataset is not None:
+        from datastore import open_dataset
+
+        ds = open_dataset(dataset, config=storage_config(ctx))
+        pointer = (ds.uri, ds.version)
+    reg = _open(ctx, db, blobs)
+    version = reg.register(
+        name,
+        paths or [],
+        kind=kind,
+        tags=_pairs(tag, "tag"),
+        metrics=metrics,
+        parents=parent,
+        dataset=pointer,
+    )
+    typer.echo(json.dumps(version.to_dict()) if as_json else str(version.ref))
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    name: str | None = typer.Argument(None, help="An artifact (its versions), else all."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    limit: int = typer.Option(50, "--limit", help="Versions to show."),
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Artifacts, or the versions of one (newest first)."""
+    reg = _open(ctx, db, blobs)
+    if name is None:
+        rows: list[Any] = reg.artifacts(namespace)
+        if as_json:
+            typer.echo(json.dumps(rows))
+            return
+        for r in rows:
+            typer.echo(
+                f"{r['artifact']}  {r['kind']}  {r['versions']} versions, latest {r['latest']}"
+            )
+        return
+    versions = reg.versions(name, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([v.to_dict() for v in versions]))
+        return
+    for v in versions:
+        extra = f"  @{','.join(v.aliases)}" if v.aliases else ""
+        revoked = "  REVOKED" if v.revoked_at else ""
+        typer.echo(f"{v.ref}  {_when(v.created_at)}  {len(v.files)} files{extra}{revoked}")
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    ref: str,
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """One version: files, tags, metrics, aliases."""
+    version = _open(ctx, db, blobs).resolve(ref)
+    if as_json:
+        typer.echo(json.dumps(version.to_dict()))
+    else:
+        _show(version)
+
+
+@app.command()
+def download(
+    ctx: typer.Context,
+    ref: str,
+    dest: str,
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+) -> None:
+    """Download a version's files into DEST, each verified against its sha256."""
+    reg = _open(ctx, db, blobs)
+    reg.download(ref, dest)
+    typer.echo(f"{reg.resolve(ref).ref} -> {dest}")
+
+
+@app.command()
+def revoke(
+    ctx: typer.Context,
+    ref: str,
+    reason: str = typer.Option("", "--reason"),
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+) -> None:
+    """Revoke a version: kept for audit, never deployable or downloadable."""
+    typer.echo(f"revoked {_open(ctx, db, blobs).revoke(ref, reason).ref}")
+
+
+@alias_app.command("set")
+def alias_set(
+    ctx: typer.Context,
+    ref: str,
+    alias: str,
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+) -> None:
+    """Point ALIAS at the version REF names."""
+    version = _open(ctx, db, blobs).set_alias(ref, alias)
+    typer.echo(f"{version.ref.artifact}@{alias} -> {version.ref}")
+
+
+@alias_app.command("history")
+def alias_history(
+    ctx: typer.Context,
+    name: str,
+    alias: str,
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Every move of ALIAS on artifact NAME, oldest first."""
+    moves = _open(ctx, db, blobs).alias_history(name, alias)
+    if as_json:
+        typer.echo(json.dumps(moves))
+        return
+    for m in moves:
+        typer.echo(f"{_when(m['at'])}  -> version {m['version']}  by {m['actor']}")

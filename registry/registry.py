@@ -1,0 +1,504 @@
+"""``Registry``: versioned artifacts with files in a content-addressed blob store and
+metadata in SQL.
+
+Registering a version uploads (or finds) every blob first, verifies it, and only then writes
+the version's rows in one transaction: a crash before that commit leaves no version visible,
+only blobs that ``gc`` may remove. Version numbers come from ``max + 1`` inside the
+transaction, guarded by the unique constraint on (artifact, number): on SQLite the
+transaction holds the write lock from its start; on PostgreSQL a collision is retried.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from datastore import StorageConfig
+from datastore.errors import InvalidInput, NotFound
+from registry import schema as t
+from registry.blobs import BlobStore, sha256_file
+from registry.db import open_engine
+from registry.refs import KINDS, Ref, check_alias, check_name, check_namespace, parse_ref
+
+__all__ = ["FileEntry", "Registry", "Version", "default_home"]
+
+
+def default_home() -> Path:
+    """``$SHARDYARD_HOME``, else ``~/.shardyard``."""
+    return Path(os.environ.get("SHARDYARD_HOME", "~/.shardyard")).expanduser()
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of a version: its path inside the version, sha256 and size."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Version:
+    """One immutable artifact version."""
+
+    namespace: str
+    name: str
+    number: int
+    kind: str
+    digest: str
+    created_at: float
+    created_by: str
+    files: tuple[FileEntry, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    dataset_uri: str | None = None
+    dataset_version: int | None = None
+    revoked_at: float | None = None
+    aliases: tuple[str, ...] = ()
+    id: int = 0
+
+    @property
+    def ref(self) -> Ref:
+        return Ref(self.namespace, self.name, version=self.number)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (``--json``)."""
+        return {
+            "ref": str(self.ref),
+            "namespace": self.namespace,
+            "name": self.name,
+            "version": self.number,
+            "kind": self.kind,
+            "digest": self.digest,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "files": [vars(f) for f in self.files],
+            "tags": dict(self.tags),
+            "metrics": dict(self.metrics),
+            "metadata": dict(self.metadata),
+            "dataset": (
+                {"uri": self.dataset_uri, "version": self.dataset_version}
+                if self.dataset_uri
+                else None
+            ),
+            "revoked": self.revoked_at is not None,
+            "aliases": list(self.aliases),
+        }
+
+
+def _digest(files: Sequence[FileEntry], dataset: tuple[str, int] | None) -> str:
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        h.update(f"{f.path}\0{f.sha256}\0{f.size}\n".encode())
+    if dataset is not None:
+        h.update(f"dataset\0{dataset[0]}\0{dataset[1]}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _collect(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, Path]]:
+    """(path inside the version, file) for files and the files under directories."""
+    out: dict[str, Path] = {}
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            for f in sorted(path.rglob("*")):
+                if f.is_file():
+                    out[f.relative_to(path).as_posix()] = f
+        elif path.is_file():
+            out[path.name] = path
+        else:
+            raise NotFound(f"{path} does not exist: nothing was registered")
+    if not out:
+        raise InvalidInput("no files to register (empty directories?)")
+    return sorted(out.items())
+
+
+class Registry:
+    """A registry: metadata in ``db`` (a path for SQLite, or a ``postgresql://`` URL), blobs
+    under ``blobs`` (a local directory or ``s3://`` URI). Defaults: under
+    :func:`default_home`."""
+
+    def __init__(
+        self,
+        db: str | None = None,
+        blobs: str | None = None,
+        *,
+        config: StorageConfig | None = None,
+        actor: str | None = None,
+    ) -> None:
+        home = default_home()
+        self.db_location = db or os.environ.get("SHARDYARD_REGISTRY") or str(home / "registry.db")
+        self.blob_location = (
+            blobs or os.environ.get("SHARDYARD_REGISTRY_BLOBS") or str(home / "blobs")
+        )
+        self.engine: Engine = open_engine(self.db_location)
+        self.blobs = BlobStore(self.blob_location, config)
+        self.actor = actor or _whoami()
+
+    # -- writing ---------------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        paths: Iterable[str | os.PathLike[str]] = (),
+        *,
+        kind: str,
+        tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        parents: Iterable[str] = (),
+        dataset: tuple[str, int] | None = None,
+    ) -> Version:
+        """A new version of artifact ``name`` (``[ns/]name``) holding ``paths`` (files, or
+        directories of files) and/or pointing at ``dataset`` (URI, version); ``parents`` are
+        references it derives from (lineage)."""
+        ref = parse_ref(name)
+        if ref.version is not None or ref.alias is not None:
+            raise InvalidInput(f"register takes an artifact name, not a version: {name!r}")
+        if kind not in KINDS:
+            raise InvalidInput(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+        for key in tags or {}:
+            check_name(key.replace("/", "_"), "tag key")
+        meta = json.dumps(dict(metadata or {}), sort_keys=True)
+        values = {k: float(v) for k, v in (metrics or {}).items()}
+        sources = _collect(paths) if paths else []
+        if not sources and dataset is None:
+            raise InvalidInput(f"nothing to register for {name}: give files or a dataset")
+        entries = []
+        for inside, path in sources:  # every blob stored and verified before any row
+            sha, size = sha256_file(path)
+            self.blobs.put_file(path, sha)
+            if not self.blobs.has(sha, size):
+                raise InvalidInput(f"{path}: its blob did not land in {self.blob_location}")
+            entries.append(FileEntry(inside, sha, size))
+        digest = _digest(entries, dataset)
+        parent_refs = [parse_ref(p) for p in parents]
+        for attempt in range(20):
+            try:
+                with self.engine.begin() as conn:
+                    parent_ids = [self._version_row(conn, p)["id"] for p in parent_refs]
+                    artifact = self._artifact_for_write(conn, ref, kind)
+                    number = (
+                        conn.execute(
+                            select(func.max(t.versions.c.number)).where(
+                                t.versions.c.artifact_id == artifact
+                            )
+                        ).scalar()
+                        or 0
+                    ) + 1
+                    now = time.time()
+                    vid = _new_id(
+                        conn,
+                        insert(t.versions).values(
+                            artifact_id=artifact,
+                            number=number,
+                            digest=digest,
+                            created_at=now,
+                            created_by=self.actor,
+                            dataset_uri=dataset[0] if dataset else None,
+                            dataset_version=dataset[1] if dataset else None,
+                            meta=meta,
+                        ),
+                    )
+                    if entries:
+                        conn.execute(
+                            insert(t.files),
+                            [
+                                {
+                                    "version_id": vid,
+                                    "path": e.path,
+                                    "sha256": e.sha256,
+                                    "size": e.size,
+                                }
+                                for e in entries
+                            ],
+                        )
+                    if tags:
+                        conn.execute(
+                            insert(t.tags),
+                            [
+                                {"version_id": vid, "key": k, "value": str(v)}
+                                for k, v in tags.items()
+                            ],
+                        )
+                    if values:
+                        conn.execute(
+                            insert(t.metrics),
+                            [{"version_id": vid, "key": k, "value": v} for k, v in values.items()],
+                        )
+                    if parent_ids:
+                        conn.execute(
+                            insert(t.edges),
+                            [
+                                {"parent_id": p, "child_id": vid, "relation": "derived"}
+                                for p in dict.fromkeys(parent_ids)
+                            ],
+                        )
+                break
+            except IntegrityError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.005 * (attempt + 1))  # another writer took the number: again
+        return self.resolve(ref.at(number))
+
+    def set_alias(self, ref: str, alias: str) -> Version:
+        """Point ``alias`` of the artifact at the version ``ref`` names (history kept)."""
+        check_alias(alias)
+        target = parse_ref(ref)
+        for attempt in range(20):
+            try:
+                with self.engine.begin() as conn:
+                    row = self._version_row(conn, target)
+                    self._move_alias(conn, row["artifact_id"], alias, row["id"])
+                break
+            except IntegrityError:  # another writer created the alias first: move it now
+                if attempt == 19:
+                    raise
+                time.sleep(0.005 * (attempt + 1))
+        return self.resolve(target.at(row["number"]))
+
+    def _move_alias(self, conn: Connection, artifact: int, alias: str, version: int) -> None:
+        now = time.time()
+        done = conn.execute(
+            update(t.aliases)
+            .where(and_(t.aliases.c.artifact_id == artifact, t.aliases.c.alias == alias))
+            .values(version_id=version, updated_at=now)
+        ).rowcount
+        if not done:
+            conn.execute(
+                insert(t.aliases).values(
+                    artifact_id=artifact, alias=alias, version_id=version, updated_at=now
+                )
+            )
+        conn.execute(
+            insert(t.alias_events).values(
+                artifact_id=artifact, alias=alias, version_id=version, at=now, actor=self.actor
+            )
+        )
+
+    def _artifact_for_write(self, conn: Connection, ref: Ref, kind: str) -> int:
+        check_namespace(ref.namespace)
+        row = conn.execute(
+            select(t.artifacts.c.id, t.artifacts.c.kind).where(
+                and_(t.artifacts.c.namespace == ref.namespace, t.artifacts.c.name == ref.name)
+            )
+        ).first()
+        if row is not None:
+            if row.kind != kind:
+                raise InvalidInput(
+                    f"{ref.artifact} holds {row.kind} versions, not {kind}: use another name"
+                )
+            return int(row.id)
+        return _new_id(
+            conn,
+            insert(t.artifacts).values(
+                namespace=ref.namespace, name=ref.name, kind=kind, created_at=time.time()
+            ),
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+    def _version_row(self, conn: Connection, ref: Ref) -> Any:
+        art = conn.execute(
+            select(t.artifacts.c.id).where(
+                and_(t.artifacts.c.namespace == ref.namespace, t.artifacts.c.name == ref.name)
+            )
+        ).scalar()
+        if art is None:
+            raise NotFound(f"no artifact {ref.artifact} in the registry")
+        v = t.versions.c
+        if ref.alias is not None:
+            row = (
+                conn.execute(
+                    select(t.versions)
+                    .join(t.aliases, t.aliases.c.version_id == v.id)
+                    .where(and_(t.aliases.c.artifact_id == art, t.aliases.c.alias == ref.alias))
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise NotFound(f"{ref.artifact} has no alias {ref.alias!r}")
+            return row
+        query = select(t.versions).where(v.artifact_id == art)
+        if ref.version is not None:
+            row = conn.execute(query.where(v.number == ref.version)).mappings().first()
+            if row is None:
+                raise NotFound(f"{ref.artifact} has no version {ref.version}")
+            return row
+        row = conn.execute(query.order_by(v.number.desc()).limit(1)).mappings().first()
+        if row is None:
+            raise NotFound(f"{ref.artifact} has no versions")
+        return row
+
+    def resolve(self, ref: str | Ref) -> Version:
+        """The version ``ref`` names (``ns/name:7``, ``ns/name@alias``, ``ns/name``)."""
+        parsed = parse_ref(ref) if isinstance(ref, str) else ref
+        with self.engine.connect() as conn:
+            row = self._version_row(conn, parsed)
+            return self._load(conn, [row])[0]
+
+    def _load(self, conn: Connection, rows: Sequence[Any]) -> list[Version]:
+        if not rows:
+            return []
+        ids = [r["id"] for r in rows]
+        arts = {
+            a.id: a
+            for a in conn.execute(
+                select(t.artifacts).where(t.artifacts.c.id.in_({r["artifact_id"] for r in rows}))
+            )
+        }
+        files: dict[int, list[FileEntry]] = {i: [] for i in ids}
+        for f in conn.execute(
+            select(t.files).where(t.files.c.version_id.in_(ids)).order_by(t.files.c.path)
+        ):
+            files[f.version_id].append(FileEntry(f.path, f.sha256, f.size))
+        tags: dict[int, dict[str, str]] = {i: {} for i in ids}
+        for r in conn.execute(select(t.tags).where(t.tags.c.version_id.in_(ids))):
+            tags[r.version_id][r.key] = r.value
+        metrics: dict[int, dict[str, float]] = {i: {} for i in ids}
+        for r in conn.execute(select(t.metrics).where(t.metrics.c.version_id.in_(ids))):
+            metrics[r.version_id][r.key] = r.value
+        aliases: dict[int, list[str]] = {i: [] for i in ids}
+        for r in conn.execute(select(t.aliases).where(t.aliases.c.version_id.in_(ids))):
+            aliases[r.version_id].append(r.alias)
+        out = []
+        for r in rows:
+            a = arts[r["artifact_id"]]
+            out.append(
+                Version(
+                    namespace=a.namespace,
+                    name=a.name,
+                    number=r["number"],
+                    kind=a.kind,
+                    digest=r["digest"],
+                    created_at=r["created_at"],
+                    created_by=r["created_by"],
+                    files=tuple(files[r["id"]]),
+                    tags=tags[r["id"]],
+                    metrics=metrics[r["id"]],
+                    metadata=json.loads(r["meta"] or "{}"),
+                    dataset_uri=r["dataset_uri"],
+                    dataset_version=r["dataset_version"],
+                    revoked_at=r["revoked_at"],
+                    aliases=tuple(sorted(aliases[r["id"]])),
+                    id=r["id"],
+                )
+            )
+        return out
+
+    def versions(self, name: str, limit: int | None = None) -> list[Version]:
+        """Versions of artifact ``name``, newest first."""
+        ref = parse_ref(name)
+        with self.engine.connect() as conn:
+            art = conn.execute(
+                select(t.artifacts.c.id).where(
+                    and_(t.artifacts.c.namespace == ref.namespace, t.artifacts.c.name == ref.name)
+                )
+            ).scalar()
+            if art is None:
+                raise NotFound(f"no artifact {ref.artifact} in the registry")
+            query = (
+                select(t.versions)
+                .where(t.versions.c.artifact_id == art)
+                .order_by(t.versions.c.number.desc())
+            )
+            if limit is not None:
+                query = query.limit(limit)
+            return self._load(conn, list(conn.execute(query).mappings()))
+
+    def artifacts(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Artifacts (namespace, name, kind, versions, latest), optionally of one namespace."""
+        a, v = t.artifacts.c, t.versions.c
+        query = (
+            select(a.namespace, a.name, a.kind, func.count(v.id), func.max(v.number))
+            .select_from(t.artifacts.outerjoin(t.versions, v.artifact_id == a.id))
+            .group_by(a.id, a.namespace, a.name, a.kind)
+            .order_by(a.namespace, a.name)
+        )
+        if namespace is not None:
+            query = query.where(a.namespace == check_namespace(namespace))
+        with self.engine.connect() as conn:
+            return [
+                {"artifact": f"{r[0]}/{r[1]}", "kind": r[2], "versions": r[3], "latest": r[4]}
+                for r in conn.execute(query)
+            ]
+
+    def alias_history(self, name: str, alias: str) -> list[dict[str, Any]]:
+        """Every move of ``alias`` on artifact ``name``, oldest first."""
+        ref = parse_ref(name)
+        e, v = t.alias_events.c, t.versions.c
+        with self.engine.connect() as conn:
+            art = conn.execute(
+                select(t.artifacts.c.id).where(
+                    and_(t.artifacts.c.namespace == ref.namespace, t.artifacts.c.name == ref.name)
+                )
+            ).scalar()
+            if art is None:
+                raise NotFound(f"no artifact {ref.artifact} in the registry")
+            rows = conn.execute(
+                select(e.at, e.actor, v.number)
+                .select_from(t.alias_events.outerjoin(t.versions, v.id == e.version_id))
+                .where(and_(e.artifact_id == art, e.alias == check_alias(alias)))
+                .order_by(e.at, e.id)
+            )
+            return [{"at": r[0], "actor": r[1], "version": r[2]} for r in rows]
+
+    def alias_at(self, name: str, alias: str, when: float) -> Version | None:
+        """The version ``alias`` pointed at, at UNIX time ``when`` (None: not set then)."""
+        moves = [m for m in self.alias_history(name, alias) if m["at"] <= when]
+        if not moves or moves[-1]["version"] is None:
+            return None
+        return self.resolve(parse_ref(name).at(moves[-1]["version"]))
+
+    def download(self, ref: str, dest: str | os.PathLike[str]) -> Path:
+        """The files of version ``ref`` under directory ``dest``, each verified."""
+        version = self.resolve(ref)
+        if version.revoked_at is not None:
+            raise InvalidInput(f"{version.ref} is revoked: it is kept for audit, not for use")
+        root = Path(dest)
+        for f in version.files:
+            target = (root / f.path).resolve()
+            if root.resolve() not in target.parents:
+                raise InvalidInput(f"{version.ref}: file path {f.path!r} escapes {root}")
+            self.blobs.get_to_file(f.sha256, f.size, target)
+        return root
+
+    def revoke(self, ref: str, reason: str = "") -> Version:
+        """Mark version ``ref`` revoked: never deployable, not downloadable, kept for audit."""
+        parsed = parse_ref(ref)
+        with self.engine.begin() as conn:
+            row = self._version_row(conn, parsed)
+            conn.execute(
+                update(t.versions)
+                .where(t.versions.c.id == row["id"])
+                .values(revoked_at=time.time(), revoked_reason=reason)
+            )
+        return self.resolve(parsed.at(row["number"]))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _new_id(conn: Connection, statement: Any) -> int:
+    """Execute an INSERT; the new row's primary key."""
+    key = conn.execute(statement).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database in some containers
+        return str(os.getuid())

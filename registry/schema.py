@@ -1,0 +1,131 @@
+"""The registry's SQL schema (SQLAlchemy Core), the same on SQLite and PostgreSQL.
+
+Tables and why they look the way they do:
+
+* ``artifacts``: one row per ``namespace/name`` with its kind.
+* ``versions``: immutable versions, ``number`` counting up per artifact (unique together, so
+  two writers cannot both take a number: the loser retries), the content ``digest`` over its
+  files, an optional dataset pointer, free metadata (JSON), and ``revoked_at``.
+* ``files``: what a version holds: path inside the version, sha256 and size of the blob.
+* ``tags`` / ``metrics``: key-value pairs per version (metrics as floats, for thresholds).
+* ``aliases``: where each alias points now; ``alias_events``: every move, for history
+  ("what was in production on date D").
+* ``edges``: lineage between versions.
+
+Times are UNIX seconds (float) so that both backends order and compare them alike.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = [
+    "alias_events",
+    "aliases",
+    "artifacts",
+    "edges",
+    "files",
+    "metadata",
+    "metrics",
+    "tags",
+    "versions",
+]
+
+metadata = MetaData()
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("namespace", String(512), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("namespace", "name", name="uq_artifact"),
+)
+
+versions = Table(
+    "versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("artifact_id", Integer, ForeignKey("artifacts.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("digest", String(80), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(256), nullable=False, default=""),
+    Column("dataset_uri", Text, nullable=True),
+    Column("dataset_version", Integer, nullable=True),
+    Column("meta", Text, nullable=False, default="{}"),
+    Column("revoked_at", Float, nullable=True),
+    Column("revoked_reason", Text, nullable=True),
+    UniqueConstraint("artifact_id", "number", name="uq_version"),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("version_id", Integer, ForeignKey("versions.id"), primary_key=True),
+    Column("path", String(1024), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Index("ix_files_sha256", "sha256"),
+)
+
+tags = Table(
+    "tags",
+    metadata,
+    Column("version_id", Integer, ForeignKey("versions.id"), primary_key=True),
+    Column("key", String(256), primary_key=True),
+    Column("value", Text, nullable=False),
+    Index("ix_tags_key_value", "key", "value"),
+)
+
+metrics = Table(
+    "metrics",
+    metadata,
+    Column("version_id", Integer, ForeignKey("versions.id"), primary_key=True),
+    Column("key", String(256), primary_key=True),
+    Column("value", Float, nullable=False),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("artifact_id", Integer, ForeignKey("artifacts.id"), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+alias_events = Table(
+    "alias_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("artifact_id", Integer, ForeignKey("artifacts.id"), nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=True),  # None: removed
+    Column("at", Float, nullable=False),
+    Column("actor", String(256), nullable=False, default=""),
+    Index("ix_alias_events", "artifact_id", "alias", "at"),
+)
+
+edges = Table(
+    "edges",
+    metadata,
+    Column("parent_id", Integer, ForeignKey("versions.id"), primary_key=True),
+    Column("child_id", Integer, ForeignKey("versions.id"), primary_key=True),
+    Column("relation", String(64), nullable=False, default="derived"),
+    Index("ix_edges_child", "child_id"),
+)
