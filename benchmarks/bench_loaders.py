@@ -379,9 +379,13 @@ def main() -> int:
     ap.add_argument("--kinds", default="tokens,text")
     ap.add_argument("--peers", default="mosaic,litdata")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--render", type=Path, help="only write the table from a results JSON")
     args = ap.parse_args()
     DATA.mkdir(parents=True, exist_ok=True)
     specs = prepare(args.size)
+    if args.render:
+        write(json.loads(args.render.read_text()), specs, args)
+        return 0
     worker_counts = [int(w) for w in args.workers.split(",")]
     peers = [p for p in args.peers.split(",") if p]
     if peers and not PEERS_PY.exists():
@@ -522,6 +526,8 @@ def write(results: list[dict[str, Any]], specs: dict[str, Any], args: argparse.N
                     if v is not None:
                         return f"{v:,.0f}"
                     r = find(kind, source, case, w)
+                    if r and str(r.get("error", "")).startswith("timed out"):
+                        return "timed out"
                     return "crashed" if r and r.get("error") else "n/a"
 
                 lines.append(
