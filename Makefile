@@ -42,6 +42,11 @@ demo: $(VENV)/.core $(VENV)/.torch
 	$(BIN)/shardyard tokenize $(DEMO_DIR)/clean -o $(DEMO_DIR)/packed -t $(DEMO_DIR)/tokenizer.json --seq-len 1024
 	$(BIN)/shardyard dataset info $(DEMO_DIR)/packed
 	$(PY) examples/stream.py $(DEMO_DIR)/packed $(DEMO_DIR)/clean
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry register demo/corpus --kind dataset --dataset $(DEMO_DIR)/clean --tag license=approved
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry register demo/tokenizer $(DEMO_DIR)/tokenizer.json --kind tokenizer --parent demo/corpus:latest
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry register demo/tokens --kind dataset --dataset $(DEMO_DIR)/packed --parent demo/corpus:latest --parent demo/tokenizer:latest
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry alias set demo/tokens:latest production
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry show demo/tokens@production
 
 lint: $(VENV)/.all
 	$(BIN)/ruff check .
