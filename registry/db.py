@@ -21,8 +21,11 @@ from datastore.errors import InvalidInput, Unreachable
 
 __all__ = ["HEAD", "open_engine"]
 
-#: The schema revision this code expects (the newest file in migrations/versions).
-HEAD = "0001"
+_VERSIONS = Path(__file__).parent / "migrations" / "versions"
+
+#: The schema revision this code expects: the newest ``NNNN_*.py`` in migrations/versions
+#: (revision ids are their four-digit prefixes).
+HEAD = max(p.name[:4] for p in _VERSIONS.glob("[0-9][0-9][0-9][0-9]_*.py"))
 
 
 def _url(location: str) -> str:
