@@ -187,6 +187,95 @@ def revoke(
     typer.echo(f"revoked {_open(ctx, db, blobs).revoke(ref, reason).ref}")
 
 
+@app.command()
+def lineage(
+    ctx: typer.Context,
+    ref: str,
+    downstream: bool = typer.Option(
+        False, "--downstream/--upstream", help="What was made from REF (default: its sources)."
+    ),
+    fmt: str = typer.Option("tree", "--format", "-f", help="tree, dot or openlineage."),
+    depth: int | None = typer.Option(None, "--depth", help="Levels to walk (default: all)."),
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The lineage of REF as a tree, Graphviz DOT or OpenLineage-style JSON."""
+    if fmt not in ("tree", "dot", "openlineage"):
+        raise InvalidInput(f"--format {fmt!r}: tree, dot or openlineage")
+    graph = _open(ctx, db, blobs).lineage(ref, "downstream" if downstream else "upstream", depth)
+    typer.echo(graph.render("json" if as_json else fmt))
+
+
+@app.command()
+def link(
+    ctx: typer.Context,
+    parent: str,
+    child: str,
+    relation: str = typer.Option("derived", "--relation"),
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+) -> None:
+    """Record that CHILD was made from PARENT (lineage by hand)."""
+    _open(ctx, db, blobs).link(parent, child, relation)
+    typer.echo(f"{parent} -> {child}")
+
+
+@app.command()
+def deployable(
+    ctx: typer.Context,
+    name: str,
+    alias: str | None = typer.Option(None, "--alias", help="Only where this alias points."),
+    metric: list[str] = typer.Option([], "--metric", help="'name>=value' (repeatable)."),
+    upstream_tag: list[str] = typer.Option(
+        [], "--upstream-tag", help="key=value every upstream dataset must carry (repeatable)."
+    ),
+    show_all: bool = typer.Option(False, "--all", help="Also the refused versions, with why."),
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Versions of NAME that satisfy the policy: not revoked, alias, metric thresholds, and a
+    clean upstream (no revoked ancestor; required tags on upstream datasets)."""
+    from registry.policy import Policy, parse_condition
+
+    policy = Policy(
+        alias=alias,
+        conditions=[parse_condition(m) for m in metric],
+        upstream_tags=_pairs(upstream_tag, "upstream tag"),
+    )
+    answers = _open(ctx, db, blobs).deployable(name, policy)
+    shown = answers if show_all else [a for a in answers if a["deployable"]]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {**a["version"].to_dict(), "deployable": a["deployable"], "why": a["why"]}
+                    for a in shown
+                ]
+            )
+        )
+        return
+    if not shown:
+        typer.echo(f"no deployable version of {name}")
+    for a in shown:
+        mark = "deployable" if a["deployable"] else "refused: " + "; ".join(a["why"])
+        typer.echo(f"{a['version'].ref}  {mark}")
+
+
+@app.command()
+def release(
+    ctx: typer.Context,
+    alias: str,
+    refs: list[str] = typer.Argument(..., help="One version per artifact."),
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+) -> None:
+    """Point ALIAS at every REF in one atomic step (a model, its tokenizer, its index...)."""
+    for version in _open(ctx, db, blobs).release(refs, alias):
+        typer.echo(f"{version.ref.artifact}@{alias} -> {version.ref}")
+
+
 @alias_app.command("set")
 def alias_set(
     ctx: typer.Context,

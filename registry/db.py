@@ -1,8 +1,9 @@
 """The registry's metadata database: an SQLite file (embedded default) or PostgreSQL by URL.
 
-SQLite runs in WAL mode with a busy timeout, and every transaction starts with ``BEGIN
+SQLite runs in WAL mode with a busy timeout, and every write transaction starts with ``BEGIN
 IMMEDIATE``: writers queue for the one write lock instead of failing halfway, so concurrent
-processes registering versions serialise cleanly. The schema is migrated with Alembic
+processes registering versions serialise cleanly; reads (``shardyard_read`` execution option)
+start a plain snapshot transaction that never waits for writers. The schema is migrated with Alembic
 (``registry/migrations``); opening a database checks its revision with one query and only
 imports Alembic when it must upgrade, which keeps a CLI read in a fresh process fast.
 """
@@ -55,7 +56,10 @@ def open_engine(location: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # writers take the lock up front (queue instead of failing on upgrade); readers
+            # get a snapshot without it
+            read = conn.get_execution_options().get("shardyard_read")
+            conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
     elif url.startswith(("postgresql", "postgres")):
         if url.startswith("postgres://"):

@@ -29,6 +29,8 @@ from datastore.errors import InvalidInput, NotFound
 from registry import schema as t
 from registry.blobs import BlobStore, sha256_file
 from registry.db import open_engine
+from registry.lineage import Direction, Lineage, walk
+from registry.policy import Policy
 from registry.refs import KINDS, Ref, check_alias, check_name, check_namespace, parse_ref
 
 __all__ = ["FileEntry", "Registry", "Version", "default_home"]
@@ -308,6 +310,14 @@ class Registry:
         )
 
     # -- reading ---------------------------------------------------------------------------
+    def _read(self) -> Connection:
+        """A connection for reads: one consistent snapshot per transaction, without taking
+        SQLite's write lock (WAL readers never wait for writers)."""
+        opts: dict[str, Any] = {"shardyard_read": True}
+        if self.engine.dialect.name == "postgresql":
+            opts["isolation_level"] = "REPEATABLE READ"
+        return self.engine.connect().execution_options(**opts)
+
     def _version_row(self, conn: Connection, ref: Ref) -> Any:
         art = conn.execute(
             select(t.artifacts.c.id).where(
@@ -344,7 +354,7 @@ class Registry:
     def resolve(self, ref: str | Ref) -> Version:
         """The version ``ref`` names (``ns/name:7``, ``ns/name@alias``, ``ns/name``)."""
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = self._version_row(conn, parsed)
             return self._load(conn, [row])[0]
 
@@ -400,7 +410,7 @@ class Registry:
     def versions(self, name: str, limit: int | None = None) -> list[Version]:
         """Versions of artifact ``name``, newest first."""
         ref = parse_ref(name)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             art = conn.execute(
                 select(t.artifacts.c.id).where(
                     and_(t.artifacts.c.namespace == ref.namespace, t.artifacts.c.name == ref.name)
@@ -428,7 +438,7 @@ class Registry:
         )
         if namespace is not None:
             query = query.where(a.namespace == check_namespace(namespace))
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [
                 {"artifact": f"{r[0]}/{r[1]}", "kind": r[2], "versions": r[3], "latest": r[4]}
                 for r in conn.execute(query)
@@ -438,7 +448,7 @@ class Registry:
         """Every move of ``alias`` on artifact ``name``, oldest first."""
         ref = parse_ref(name)
         e, v = t.alias_events.c, t.versions.c
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             art = conn.execute(
                 select(t.artifacts.c.id).where(
                     and_(t.artifacts.c.namespace == ref.namespace, t.artifacts.c.name == ref.name)
@@ -473,6 +483,78 @@ class Registry:
                 raise InvalidInput(f"{version.ref}: file path {f.path!r} escapes {root}")
             self.blobs.get_to_file(f.sha256, f.size, target)
         return root
+
+    # -- lineage, deployability, releases ---------------------------------------------------
+    def link(self, parent: str, child: str, relation: str = "derived") -> None:
+        """Record that version ``child`` was made from version ``parent``."""
+        with self.engine.begin() as conn:
+            p = self._version_row(conn, parse_ref(parent))["id"]
+            c = self._version_row(conn, parse_ref(child))["id"]
+            if p == c:
+                raise InvalidInput(f"{child} cannot derive from itself")
+            if p in walk(conn, c, "downstream").nodes:
+                raise InvalidInput(f"{parent} derives from {child}: the edge would be a cycle")
+            exists = conn.execute(
+                select(t.edges.c.parent_id).where(
+                    and_(t.edges.c.parent_id == p, t.edges.c.child_id == c)
+                )
+            ).first()
+            if exists is None:
+                conn.execute(insert(t.edges).values(parent_id=p, child_id=c, relation=relation))
+
+    def lineage(
+        self, ref: str, direction: Direction = "upstream", depth: int | None = None
+    ) -> Lineage:
+        """What version ``ref`` was made from (``upstream``) or what was made from it
+        (``downstream``), to ``depth`` levels (None: all)."""
+        if direction not in ("upstream", "downstream"):
+            raise InvalidInput(f"direction {direction!r}: upstream or downstream")
+        with self._read() as conn:
+            row = self._version_row(conn, parse_ref(ref))
+            return walk(conn, row["id"], direction, depth)
+
+    def deployable(self, name: str, policy: Policy | None = None) -> list[dict[str, Any]]:
+        """Every version of artifact ``name`` (newest first) with ``deployable`` and the
+        reasons it is not (``why``), under ``policy`` (default: not revoked, clean upstream)."""
+        policy = policy or Policy()
+        ref = parse_ref(name)
+        target = None
+        with self._read() as conn:
+            if policy.alias is not None:
+                try:
+                    target = self._version_row(
+                        conn, Ref(ref.namespace, ref.name, alias=policy.alias)
+                    )["id"]
+                except NotFound:
+                    target = None
+            out = []
+            for version in self.versions(str(Ref(ref.namespace, ref.name))):
+                up = walk(conn, version.id, "upstream")
+                why = policy.refusals(
+                    version, version.id == target, [up.nodes[i] for i in up.ids()]
+                )
+                out.append({"version": version, "deployable": not why, "why": why})
+        return out
+
+    def release(self, refs: Sequence[str], alias: str) -> list[Version]:
+        """Point ``alias`` at every version in ``refs`` (one per artifact) in one transaction:
+        a reader resolving the set after this sees all of the new versions, never a mix."""
+        check_alias(alias)
+        parsed = [parse_ref(r) for r in refs]
+        if len({p.artifact for p in parsed}) != len(parsed):
+            raise InvalidInput("a release holds one version per artifact")
+        with self.engine.begin() as conn:
+            rows = [self._version_row(conn, p) for p in parsed]
+            for row in rows:
+                self._move_alias(conn, row["artifact_id"], alias, row["id"])
+        return [self.resolve(p.at(r["number"])) for p, r in zip(parsed, rows, strict=True)]
+
+    def resolve_many(self, refs: Sequence[str]) -> list[Version]:
+        """Several references resolved in one read transaction (a consistent snapshot: with
+        :meth:`release`, all of one release or all of the next)."""
+        with self._read() as conn:  # one snapshot (PostgreSQL: repeatable read)
+            rows = [self._version_row(conn, parse_ref(r)) for r in refs]
+            return self._load(conn, rows)
 
     def revoke(self, ref: str, reason: str = "") -> Version:
         """Mark version ``ref`` revoked: never deployable, not downloadable, kept for audit."""
