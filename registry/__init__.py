@@ -8,11 +8,24 @@ content-addressed blob store (local directory or ``s3://``).
 - :mod:`registry.blobs`: the blob store; :mod:`registry.db`: engines and migrations;
   :mod:`registry.schema`: the tables.
 
-Still to come (the Registry issue): GC, lineage queries and exports, releases, the
-deployable policy, checkpoints, the benchmark.
+- :mod:`registry.lineage` (walks, tree / DOT / OpenLineage), :mod:`registry.policy`
+  (deployability).
+
+Still to come (the Registry issue): checkpoints, ``--register`` in the pipelines, the
+benchmark.
 """
 
+from typing import Any
+
 from registry.refs import DEFAULT_NAMESPACE, KINDS, Ref, parse_ref
-from registry.registry import FileEntry, Registry, Version
 
 __all__ = ["DEFAULT_NAMESPACE", "KINDS", "FileEntry", "Ref", "Registry", "Version", "parse_ref"]
+
+
+def __getattr__(name: str) -> Any:
+    # SQLAlchemy only when the registry is used (the CLI starts without it otherwise)
+    if name in ("Registry", "Version", "FileEntry"):
+        from registry import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'registry' has no attribute {name!r}")
