@@ -49,6 +49,49 @@ _WORK_DIR = typer.Option(
 )
 _KEEP_WORK = typer.Option(False, "--keep-work", help="Keep the work directory.")
 _JSON = typer.Option(False, "--json", help="Print the run report as JSON on stdout.")
+_REGISTER = typer.Option(
+    None,
+    "--register",
+    help="Register the output as a new version of this registry artifact ([ns/]name), with "
+    "lineage to its registered inputs.",
+)
+_PARENT = typer.Option([], "--parent", help="Registry reference the output derives from.")
+_REGISTRY = typer.Option(
+    None, "--registry", help="Registry database (else SHARDYARD_REGISTRY, ~/.shardyard)."
+)
+_BLOBS = typer.Option(None, "--blobs", help="Registry blob store (directory or s3://).")
+
+
+def _register(
+    ctx: typer.Context,
+    name: str | None,
+    report: Any,
+    inputs: list[tuple[str, int]],
+    files: list[str],
+    parents: list[str],
+    registry: str | None,
+    blobs: str | None,
+    job: str,
+) -> dict[str, Any] | None:
+    """Register the job's output when asked (after it committed); what was registered."""
+    if name is None:
+        return None
+    from pipelines.registration import register_output
+
+    ref, linked = register_output(
+        name,
+        output=(report.output_uri, report.output_version),
+        inputs=inputs,
+        files=files,
+        parents=parents,
+        metadata={"job": job, "job_id": report.job_id},
+        registry=registry,
+        blobs=blobs,
+        config=storage_config(ctx),
+    )
+    return {"ref": ref, "parents": linked}
+
+
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary.")
 
 _SETS_HELP = (
@@ -99,6 +142,10 @@ def run(
     work_dir: str | None = _WORK_DIR,
     keep_work: bool = _KEEP_WORK,
     sets: list[str] = typer.Option([], "--set", help=_SETS_HELP, show_default=False),
+    register: str | None = _REGISTER,
+    parent: list[str] = _PARENT,
+    registry: str | None = _REGISTRY,
+    blobs: str | None = _BLOBS,
     as_json: bool = _JSON,
     quiet: bool = _QUIET,
 ) -> None:
@@ -155,10 +202,16 @@ def run(
             typer.echo(msg, err=True)
 
     report = ingest(inputs, output, config, storage=storage_config(ctx), echo=echo)
+    registered = _register(ctx, register, report, [], [], parent, registry, blobs, "ingest")
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        doc = report.to_dict()
+        if registered is not None:
+            doc["registered"] = registered
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
     elif not quiet:
         typer.echo(report.summary())
+        if registered is not None:
+            typer.echo(f"registered {registered['ref']}")
 
 
 def _parse_value(text: str) -> Any:
@@ -261,6 +314,10 @@ def tokenize_command(
     memory_limit: str | None = _MEMORY_LIMIT,
     work_dir: str | None = _WORK_DIR,
     keep_work: bool = _KEEP_WORK,
+    register: str | None = _REGISTER,
+    parent: list[str] = _PARENT,
+    registry: str | None = _REGISTRY,
+    blobs: str | None = _BLOBS,
     as_json: bool = _JSON,
     quiet: bool = _QUIET,
 ) -> None:
@@ -295,10 +352,26 @@ def tokenize_command(
             typer.echo(msg, err=True)
 
     report = tokenize(source, output, config, storage=storage_config(ctx), echo=echo)
+    registered = _register(
+        ctx,
+        register,
+        report,
+        [(report.source_uri, report.source_version)],
+        [str(report.tokenizer.get("checksum", ""))],
+        parent,
+        registry,
+        blobs,
+        "tokenize",
+    )
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        doc = report.to_dict()
+        if registered is not None:
+            doc["registered"] = registered
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
     elif not quiet:
         typer.echo(report.summary())
+        if registered is not None:
+            typer.echo(f"registered {registered['ref']}")
 
 
 tokenizer_app = typer.Typer(help="Tokenizers: train a BPE vocabulary on a dataset.")

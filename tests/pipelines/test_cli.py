@@ -58,6 +58,10 @@ def test_help_documents_every_option() -> None:
 def test_json_report_and_explain(tmp_path: Path) -> None:
     truth = write_corpus(tmp_path / "src")
     out = str(tmp_path / "out")
+    from registry import Registry
+
+    db, blobs = str(tmp_path / "reg.db"), str(tmp_path / "blobs")
+    Registry(db, blobs).register("raw/crawl", [tmp_path / "src"], kind="dataset")
     proc = run(
         "ingest",
         str(tmp_path / "src"),
@@ -65,11 +69,23 @@ def test_json_report_and_explain(tmp_path: Path) -> None:
         out,
         "--no-filters",
         "--json",
+        "--register",
+        "data/clean",
+        "--parent",
+        "raw/crawl:1",
+        "--registry",
+        db,
+        "--blobs",
+        blobs,
         *FAST,
         PYTHONPATH=str(REPO),
     )
     assert proc.returncode == 0, proc.stderr
     report: dict[str, Any] = json.loads(proc.stdout)
+    assert report["registered"] == {"ref": "data/clean:1", "parents": ["raw/crawl:1"]}
+    clean = Registry(db, blobs).resolve("data/clean:1")
+    assert (clean.dataset_uri, clean.dataset_version) == (report["output_uri"], 1)
+    assert clean.metadata["job_id"] == report["job_id"]
     assert report["docs_in"] == truth["total"]
     assert report["quarantined"] == truth["bad"]
     assert report["output_version"] == 1 and report["output_uri"] == out

@@ -254,6 +254,15 @@ def test_cli_json_train_and_errors(text_dataset: dict[str, Any], tmp_path: Path)
     assert trained.returncode == 0, trained.stderr
     assert json.loads(trained.stdout)["vocab_size"] == 400
     out = str(tmp_path / "tok")
+    # registered inputs: the output's registry version links to them by itself
+    from datastore import open_dataset
+    from registry import Registry
+
+    db, blobs = str(tmp_path / "reg.db"), str(tmp_path / "blobs")
+    reg = Registry(db, blobs)
+    src = open_dataset(text_dataset["uri"])
+    reg.register("data/docs", kind="dataset", dataset=(src.uri, src.version))
+    reg.register("tok/bpe", [tok_path], kind="tokenizer")
     done = _cli(
         "tokenize",
         text_dataset["uri"],
@@ -265,6 +274,12 @@ def test_cli_json_train_and_errors(text_dataset: dict[str, Any], tmp_path: Path)
         "512",
         "--workers",
         "1",
+        "--register",
+        "data/tokens",
+        "--registry",
+        db,
+        "--blobs",
+        blobs,
         "--json",
     )
     assert done.returncode == 0, done.stderr
@@ -272,6 +287,14 @@ def test_cli_json_train_and_errors(text_dataset: dict[str, Any], tmp_path: Path)
     for key in ("total_tokens", "rows", "pad_fraction", "output_uri", "output_version"):
         assert key in report
     assert report["output_version"] == 1 and report["rows"] == open_packed(out).rows
+    assert report["registered"] == {"ref": "data/tokens:1", "parents": ["data/docs:1", "tok/bpe:1"]}
+    tokens = reg.resolve("data/tokens:1")
+    assert tokens.dataset_uri == report["output_uri"] and tokens.dataset_version == 1
+    assert {n["ref"] for n in reg.lineage("data/tokens:1").nodes.values()} == {
+        "data/tokens:1",
+        "data/docs:1",
+        "tok/bpe:1",
+    }
     missing = _cli(
         "tokenize", text_dataset["uri"], "-o", out, "--tokenizer", str(tmp_path / "nope.json")
     )

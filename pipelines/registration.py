@@ -1,0 +1,58 @@
+"""Registering a pipeline's output in the registry, with lineage found from its inputs.
+
+``shardyard ingest ... --register NS/NAME`` and ``shardyard tokenize ... --register NS/NAME``
+add a registry version pointing at the dataset version the job committed. Its parents are the
+references given with ``--parent`` plus every registered version that points at one of the
+job's input dataset versions or holds its tokenizer file (matched by sha256), so lineage is
+recorded without naming it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from datastore import StorageConfig
+
+__all__ = ["register_output"]
+
+
+def register_output(
+    name: str,
+    *,
+    output: tuple[str, int],
+    inputs: Iterable[tuple[str, int]] = (),
+    files: Iterable[str] = (),
+    parents: Iterable[str] = (),
+    metadata: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    registry: str | None = None,
+    blobs: str | None = None,
+    config: StorageConfig | None = None,
+) -> tuple[str, list[str]]:
+    """Register ``output`` (dataset URI, version) as a new version of ``name`` (kind
+    dataset); ``inputs`` are input dataset versions and ``files`` sha256 checksums (e.g. a
+    tokenizer's) to link from when they are registered. Returns (the new reference, its
+    parents)."""
+    from registry.registry import Registry
+
+    reg = Registry(registry, blobs, config=config)
+    try:
+        found = [str(p) for p in parents]
+        for uri, number in inputs:
+            found += [str(v.ref) for v in reg.find(dataset=(uri, number))]
+        for checksum in files:
+            digest = checksum.split(":", 1)[-1]
+            found += [str(v.ref) for v in reg.find(sha256=digest)]
+        unique = list(dict.fromkeys(found))
+        new = reg.register(
+            name,
+            kind="dataset",
+            dataset=output,
+            parents=unique,
+            metadata=metadata,
+            tags=tags,
+        )
+        return str(new.ref), unique
+    finally:
+        reg.close()
