@@ -9,7 +9,9 @@ downloads (each blob checked against its sha256) and then checks every tensor's 
 before handing it out, so a corrupted or substituted shard is caught per tensor, which neither
 ``torch.save``, safetensors nor DCP do.
 
-``save_async`` snapshots the tensors to host memory (the only part the training loop waits
+``dcp_save`` / ``dcp_load`` put ``torch.distributed.checkpoint`` checkpoints (any sharding) in
+the same registry storage: DCP writes to a staging directory the ranks share, rank 0 registers
+it. ``save_async`` snapshots the tensors to host memory (the only part the training loop waits
 for) and serialises and uploads them on a background thread; its handle's ``wait()`` returns
 the registered version or raises what went wrong.
 """
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
     from registry.registry import Registry, Version
 
-__all__ = ["SaveHandle", "latest", "load", "save", "save_async"]
+__all__ = ["SaveHandle", "dcp_load", "dcp_save", "latest", "load", "save", "save_async"]
 
 MANIFEST = "checkpoint.json"
 DEFAULT_SHARD_BYTES = 512 << 20
@@ -235,3 +237,56 @@ def latest(registry: Registry, name: str) -> Version | None:
         return registry.resolve(name)
     except NotFound:
         return None
+
+
+# -- torch.distributed.checkpoint ------------------------------------------------------------
+def dcp_save(
+    registry: Registry,
+    state_dict: dict[str, Any],
+    name: str,
+    *,
+    staging: str,
+    step: int | None = None,
+    metrics: Mapping[str, float] | None = None,
+    parents: tuple[str, ...] = (),
+) -> Version | None:
+    """Save with ``torch.distributed.checkpoint`` (every rank writes its shards, any
+    sharding DCP supports) into ``staging`` (a directory all ranks share), then register it
+    from rank 0: the files go through the registry's blob store like any checkpoint. Returns
+    the version on rank 0, None elsewhere."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+    from torch.distributed.checkpoint.state_dict_saver import save as dcp_write
+
+    root = Path(staging)
+    dcp_write(state_dict, storage_writer=FileSystemWriter(str(root)))
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        dist.barrier()
+    version = None
+    if not distributed or dist.get_rank() == 0:
+        meta = {"format": "torch.distributed.checkpoint"}
+        if step is not None:
+            meta["step"] = str(int(step))
+        version = registry.register(
+            name, [root], kind="checkpoint", metrics=metrics, parents=parents, metadata=meta
+        )
+    if distributed:
+        dist.barrier()
+    return version
+
+
+def dcp_load(
+    registry: Registry, state_dict: dict[str, Any], ref: str, *, staging: str
+) -> dict[str, Any]:
+    """Load checkpoint ``ref`` (saved by :func:`dcp_save`) into ``state_dict`` in place,
+    resharding as DCP does; each file is verified against its sha256 on download into
+    ``staging``."""
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_read
+
+    version = registry.resolve(ref)
+    root = Path(staging)
+    registry.download(str(version.ref), root)
+    dcp_read(state_dict, storage_reader=FileSystemReader(str(root)))
+    return state_dict

@@ -91,3 +91,13 @@ def test_device_map_and_bad_state(reg: Registry) -> None:
     assert all(t.device.type == "cpu" for t in out.values())
     with pytest.raises(InvalidInput, match="not a tensor"):
         ck.save(reg, {"lr": 0.1}, "runs/d")
+
+
+def test_dcp_checkpoints_round_trip_through_the_registry(reg: Registry, tmp_path: Path) -> None:
+    state = {"model": {k: v.clone() for k, v in _state(4).items()}}
+    v = ck.dcp_save(reg, state, "runs/dcp", staging=str(tmp_path / "stage"), step=5)
+    assert v is not None and any(f.path == ".metadata" for f in v.files)
+    target = {"model": {k: torch.zeros_like(t) for k, t in state["model"].items()}}
+    ck.dcp_load(reg, target, "runs/dcp:1", staging=str(tmp_path / "back"))
+    for k, t in state["model"].items():
+        assert torch.equal(target["model"][k], t)
