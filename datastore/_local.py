@@ -165,7 +165,7 @@ class LocalStore(ObjectStore):
                         st = os.stat(os.path.join(dirpath, name))
                     except FileNotFoundError:
                         continue  # deleted while listing
-                    found.append(ObjectInfo(key, st.st_size, _etag(st)))
+                    found.append(ObjectInfo(key, st.st_size, _etag(st), st.st_mtime))
         yield from sorted(found, key=lambda info: info.key)
 
     def delete(self, key: str) -> None:

@@ -178,7 +178,13 @@ class S3Store(ObjectStore):
                 kwargs["ContinuationToken"] = token
             page = self._call(lambda kw=kwargs: self.client.list_objects_v2(**kw), prefix)
             for obj in page.get("Contents", []):
-                yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj.get("ETag"))
+                modified = obj.get("LastModified")
+                yield ObjectInfo(
+                    obj["Key"][strip:],
+                    int(obj["Size"]),
+                    obj.get("ETag"),
+                    modified.timestamp() if modified is not None else None,
+                )
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias
 
 import pyarrow as pa
@@ -28,11 +28,14 @@ Data: TypeAlias = bytes | bytearray | memoryview | pa.Buffer
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """What a listing or HEAD tells about one object: ``size`` in bytes, an opaque ``etag``."""
+    """What a listing or HEAD tells about one object: ``size`` in bytes, an opaque ``etag``;
+    listings also give ``mtime`` (UNIX seconds of the last write; None where not known), which
+    does not take part in comparisons."""
 
     key: str
     size: int
     etag: str | None = None
+    mtime: float | None = field(default=None, compare=False)
 
 
 class ObjectWriter(Protocol):

@@ -9,10 +9,10 @@ content-addressed blob store (local directory or ``s3://``).
   :mod:`registry.schema`: the tables.
 
 - :mod:`registry.lineage` (walks, tree / DOT / OpenLineage), :mod:`registry.policy`
-  (deployability).
+  (deployability), :mod:`registry.gc` (blob GC, safe against crashes and concurrent
+  registrations), :mod:`registry.checkpoints` (PyTorch and DCP checkpoints).
 
-Still to come (the Registry issue): checkpoints, ``--register`` in the pipelines, the
-benchmark.
+Still to come (the Registry issue): the benchmark against MLflow.
 """
 
 from typing import Any

@@ -113,5 +113,5 @@ class BlobStore:
         self.store.delete(self.key(sha256))
 
     def list(self) -> Iterator[ObjectInfo]:
-        """Every stored blob (key, size)."""
+        """Every stored blob (key, size, mtime)."""
         yield from self.store.list(self.PREFIX)

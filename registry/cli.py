@@ -1,4 +1,4 @@
-"""``shardyard registry ...``: register, list, show, download, aliases, revoke.
+"""``shardyard registry ...``: register, list, show, download, aliases, revoke, gc.
 
 The registry location: ``--registry`` (a path for SQLite or a ``postgresql://`` URL), else
 ``SHARDYARD_REGISTRY``, else ``$SHARDYARD_HOME/registry.db``; blobs: ``--blobs``, else
@@ -274,6 +274,31 @@ def release(
     """Point ALIAS at every REF in one atomic step (a model, its tokenizer, its index...)."""
     for version in _open(ctx, db, blobs).release(refs, alias):
         typer.echo(f"{version.ref.artifact}@{alias} -> {version.ref}")
+
+
+@app.command()
+def gc(
+    ctx: typer.Context,
+    grace: float = typer.Option(
+        86400.0, "--grace", help="Keep blobs (and claims) younger than this many seconds."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only report what would go."),
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Delete blobs no version references, older than --grace (safe while registering)."""
+    report = _open(ctx, db, blobs).gc(grace, dry_run=dry_run)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(
+        f"scanned {report.scanned} blobs: {verb} {report.deleted} ({report.deleted_bytes:,} B); "
+        f"kept {report.kept_referenced} referenced, {report.kept_young} younger than "
+        f"{grace:g} s, {report.kept_claimed} claimed by registrations in progress"
+        + (f", {report.skipped} left to the next run" if report.skipped else "")
+    )
 
 
 @alias_app.command("set")

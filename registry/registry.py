@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from datastore import StorageConfig
 from datastore.errors import InvalidInput, NotFound
+from registry import gc as gcp
 from registry import schema as t
 from registry.blobs import BlobStore, sha256_file
 from registry.db import open_engine
@@ -177,18 +178,17 @@ class Registry:
         sources = _collect(paths) if paths else []
         if not sources and dataset is None:
             raise InvalidInput(f"nothing to register for {name}: give files or a dataset")
-        entries = []
-        for inside, path in sources:  # every blob stored and verified before any row
-            sha, size = sha256_file(path)
-            self.blobs.put_file(path, sha)
-            if not self.blobs.has(sha, size):
-                raise InvalidInput(f"{path}: its blob did not land in {self.blob_location}")
-            entries.append(FileEntry(inside, sha, size))
+        entries = [FileEntry(inside, *sha256_file(path)) for inside, path in sources]
         digest = _digest(entries, dataset)
         parent_refs = [parse_ref(p) for p in parents]
+        # Every blob claimed against GC, stored and verified before any row (registry.gc).
+        uploads = [(path, e.sha256, e.size) for (_, path), e in zip(sources, entries, strict=True)]
+        holder = gcp.new_holder()
+        gcp.claim_and_store(self.engine, self.blobs, uploads, holder)
         for attempt in range(20):
             try:
                 with self.engine.begin() as conn:
+                    gcp.check_claims(conn, holder, [e.sha256 for e in entries])
                     parent_ids = [self._version_row(conn, p)["id"] for p in parent_refs]
                     artifact = self._artifact_for_write(conn, ref, kind)
                     number = (
@@ -247,11 +247,21 @@ class Registry:
                                 for p in dict.fromkeys(parent_ids)
                             ],
                         )
+                    gcp.drop_claims(conn, holder)  # committed with the rows referencing them
                 break
             except IntegrityError:
                 if attempt == 19:
+                    gcp.release_claims(self.engine, holder)
                     raise
                 time.sleep(0.005 * (attempt + 1))  # another writer took the number: again
+            except gcp.ClaimsLost:  # slower than GC's grace: claim (and upload) again
+                if attempt == 19:
+                    gcp.release_claims(self.engine, holder)
+                    raise
+                gcp.claim_and_store(self.engine, self.blobs, uploads, holder)
+            except BaseException:
+                gcp.release_claims(self.engine, holder)
+                raise
         return self.resolve(ref.at(number))
 
     def set_alias(self, ref: str, alias: str) -> Version:
@@ -484,6 +494,25 @@ class Registry:
             self.blobs.get_to_file(f.sha256, f.size, target)
         return root
 
+    def find(
+        self, *, dataset: tuple[str, int] | None = None, sha256: str | None = None
+    ) -> list[Version]:
+        """Versions pointing at ``dataset`` (URI, version) or holding a file with content
+        ``sha256`` (how a pipeline finds the registered versions of its inputs)."""
+        v = t.versions.c
+        if dataset is not None:
+            query = select(t.versions).where(
+                and_(v.dataset_uri == dataset[0], v.dataset_version == dataset[1])
+            )
+        elif sha256 is not None:
+            query = select(t.versions).where(
+                v.id.in_(select(t.files.c.version_id).where(t.files.c.sha256 == sha256))
+            )
+        else:
+            raise InvalidInput("find needs dataset= or sha256=")
+        with self._read() as conn:
+            return self._load(conn, list(conn.execute(query.order_by(v.id)).mappings()))
+
     # -- lineage, deployability, releases ---------------------------------------------------
     def link(self, parent: str, child: str, relation: str = "derived") -> None:
         """Record that version ``child`` was made from version ``parent``."""
@@ -567,6 +596,11 @@ class Registry:
                 .values(revoked_at=time.time(), revoked_reason=reason)
             )
         return self.resolve(parsed.at(row["number"]))
+
+    def gc(self, grace: float = gcp.DEFAULT_GRACE, *, dry_run: bool = False) -> gcp.GcReport:
+        """Delete blobs no version references that are older than ``grace`` seconds, safely
+        against concurrent registrations and its own crashes (see :mod:`registry.gc`)."""
+        return gcp.gc(self, grace, dry_run=dry_run)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -11,6 +11,9 @@ Tables and why they look the way they do:
 * ``aliases``: where each alias points now; ``alias_events``: every move, for history
   ("what was in production on date D").
 * ``edges``: lineage between versions.
+* ``blob_claims`` / ``gc_marks``: the garbage collector's handshake with registrations (a
+  registration's claim on the blobs it is about to upload or reuse; GC's intent to delete a
+  blob): see :mod:`registry.gc`.
 
 Times are UNIX seconds (float) so that both backends order and compare them alike.
 """
@@ -35,8 +38,10 @@ __all__ = [
     "alias_events",
     "aliases",
     "artifacts",
+    "blob_claims",
     "edges",
     "files",
+    "gc_marks",
     "metadata",
     "metrics",
     "tags",
@@ -128,4 +133,22 @@ edges = Table(
     Column("child_id", Integer, ForeignKey("versions.id"), primary_key=True),
     Column("relation", String(64), nullable=False, default="derived"),
     Index("ix_edges_child", "child_id"),
+)
+
+blob_claims = Table(
+    "blob_claims",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sha256", String(64), nullable=False),
+    Column("claimed_at", Float, nullable=False),
+    Column("holder", String(64), nullable=False),
+    Index("ix_blob_claims_sha256", "sha256"),
+    Index("ix_blob_claims_holder", "holder"),
+)
+
+gc_marks = Table(
+    "gc_marks",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("marked_at", Float, nullable=False),
 )
