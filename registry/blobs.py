@@ -44,6 +44,29 @@ class BlobStore:
         self.uri = uri
         self.store = open_store(uri, config)
 
+    MARKER = "REGISTRY.json"
+
+    def claim_for(self, registry_id: str, database: str) -> None:
+        """Record that this blob store belongs to registry ``registry_id``; refuse if it
+        belongs to another (a GC through the wrong database would delete its blobs)."""
+        import json
+
+        from datastore.errors import AlreadyExists
+
+        doc = json.dumps({"registry": registry_id, "database": database}).encode()
+        try:
+            self.store.put(self.MARKER, doc, mode="create")
+            return
+        except AlreadyExists:
+            pass
+        found = json.loads(self.store.get(self.MARKER))
+        if found.get("registry") != registry_id:
+            raise InvalidInput(
+                f"blob store {self.uri} belongs to the registry in {found.get('database')!r} "
+                f"(id {found.get('registry')}), not to {database!r}: pass that registry's "
+                "--registry, or another --blobs"
+            )
+
     def key(self, sha256: str) -> str:
         return f"{self.PREFIX}{sha256[:2]}/{sha256}"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from datastore import StorageConfig
 from datastore.errors import InvalidInput, NotFound
@@ -113,14 +114,23 @@ def _digest(files: Sequence[FileEntry], dataset: tuple[str, int] | None) -> str:
 def _collect(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, Path]]:
     """(path inside the version, file) for files and the files under directories."""
     out: dict[str, Path] = {}
+
+    def add(inside: str, f: Path) -> None:
+        if inside in out and out[inside] != f:
+            raise InvalidInput(
+                f"two files would be {inside!r} in the version ({out[inside]} and {f}): "
+                "register them from directories that keep their names apart"
+            )
+        out[inside] = f
+
     for p in paths:
         path = Path(p)
         if path.is_dir():
             for f in sorted(path.rglob("*")):
                 if f.is_file():
-                    out[f.relative_to(path).as_posix()] = f
+                    add(f.relative_to(path).as_posix(), f)
         elif path.is_file():
-            out[path.name] = path
+            add(path.name, path)
         else:
             raise NotFound(f"{path} does not exist: nothing was registered")
     if not out:
@@ -149,6 +159,32 @@ class Registry:
         self.engine: Engine = open_engine(self.db_location)
         self.blobs = BlobStore(self.blob_location, config)
         self.actor = actor or _whoami()
+        self.id = self._identity()
+        shown = self.engine.url.render_as_string(hide_password=True)
+        self.blobs.claim_for(self.id, shown)
+
+    def _identity(self) -> str:
+        """This registry's id (made on first open): its blob store records it."""
+        import uuid
+
+        with self._read() as conn:
+            found = conn.execute(
+                select(t.settings.c.value).where(t.settings.c.key == "registry_id")
+            ).scalar()
+        if found is not None:
+            return str(found)
+
+        def create(conn: Connection) -> str:
+            again = conn.execute(
+                select(t.settings.c.value).where(t.settings.c.key == "registry_id")
+            ).scalar()
+            if again is not None:
+                return str(again)
+            new = uuid.uuid4().hex
+            conn.execute(insert(t.settings).values(key="registry_id", value=new))
+            return new
+
+        return str(self._retrying(create))
 
     # -- writing ---------------------------------------------------------------------------
     def register(
@@ -174,7 +210,15 @@ class Registry:
         for key in tags or {}:
             check_name(key.replace("/", "_"), "tag key")
         meta = json.dumps(dict(metadata or {}), sort_keys=True)
-        values = {k: float(v) for k, v in (metrics or {}).items()}
+        values = {}
+        for key, value in (metrics or {}).items():
+            check_name(key.replace("/", "_"), "metric name")
+            amount = float(value)
+            if not math.isfinite(amount):
+                raise InvalidInput(f"metric {key}={value!r} is not a finite number")
+            values[key] = amount
+        if dataset is not None:
+            dataset = (_canonical(dataset[0]), int(dataset[1]))
         sources = _collect(paths) if paths else []
         if not sources and dataset is None:
             raise InvalidInput(f"nothing to register for {name}: give files or a dataset")
@@ -249,8 +293,8 @@ class Registry:
                         )
                     gcp.drop_claims(conn, holder)  # committed with the rows referencing them
                 break
-            except IntegrityError:
-                if attempt == 19:
+            except DBAPIError as err:
+                if attempt == 19 or not _retryable(err):
                     gcp.release_claims(self.engine, holder)
                     raise
                 time.sleep(0.005 * (attempt + 1))  # another writer took the number: again
@@ -274,8 +318,8 @@ class Registry:
                     row = self._version_row(conn, target)
                     self._move_alias(conn, row["artifact_id"], alias, row["id"])
                 break
-            except IntegrityError:  # another writer created the alias first: move it now
-                if attempt == 19:
+            except DBAPIError as err:  # another writer created the alias first: move it now
+                if attempt == 19 or not _retryable(err):
                     raise
                 time.sleep(0.005 * (attempt + 1))
         return self.resolve(target.at(row["number"]))
@@ -502,7 +546,7 @@ class Registry:
         v = t.versions.c
         if dataset is not None:
             query = select(t.versions).where(
-                and_(v.dataset_uri == dataset[0], v.dataset_version == dataset[1])
+                and_(v.dataset_uri == _canonical(dataset[0]), v.dataset_version == dataset[1])
             )
         elif sha256 is not None:
             query = select(t.versions).where(
@@ -516,20 +560,37 @@ class Registry:
     # -- lineage, deployability, releases ---------------------------------------------------
     def link(self, parent: str, child: str, relation: str = "derived") -> None:
         """Record that version ``child`` was made from version ``parent``."""
-        with self.engine.begin() as conn:
-            p = self._version_row(conn, parse_ref(parent))["id"]
-            c = self._version_row(conn, parse_ref(child))["id"]
-            if p == c:
-                raise InvalidInput(f"{child} cannot derive from itself")
-            if p in walk(conn, c, "downstream").nodes:
-                raise InvalidInput(f"{parent} derives from {child}: the edge would be a cycle")
-            exists = conn.execute(
-                select(t.edges.c.parent_id).where(
-                    and_(t.edges.c.parent_id == p, t.edges.c.child_id == c)
-                )
-            ).first()
-            if exists is None:
-                conn.execute(insert(t.edges).values(parent_id=p, child_id=c, relation=relation))
+        check_name(relation, "relation")
+        self._retrying(lambda conn: self._link(conn, parent, child, relation))
+
+    def _retrying(self, body: Any) -> Any:
+        """``body(conn)`` in a write transaction, again on a retryable PostgreSQL error."""
+        for attempt in range(20):
+            try:
+                with self.engine.begin() as conn:
+                    return body(conn)
+            except DBAPIError as err:
+                if attempt == 19 or not _retryable(err):
+                    raise
+                time.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _link(self, conn: Connection, parent: str, child: str, relation: str) -> None:
+        if self.engine.dialect.name == "postgresql":  # cycle check and insert as one step
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7319046117)")
+        p = self._version_row(conn, parse_ref(parent))["id"]
+        c = self._version_row(conn, parse_ref(child))["id"]
+        if p == c:
+            raise InvalidInput(f"{child} cannot derive from itself")
+        if p in walk(conn, c, "downstream").nodes:
+            raise InvalidInput(f"{parent} derives from {child}: the edge would be a cycle")
+        exists = conn.execute(
+            select(t.edges.c.parent_id).where(
+                and_(t.edges.c.parent_id == p, t.edges.c.child_id == c)
+            )
+        ).first()
+        if exists is None:
+            conn.execute(insert(t.edges).values(parent_id=p, child_id=c, relation=relation))
 
     def lineage(
         self, ref: str, direction: Direction = "upstream", depth: int | None = None
@@ -572,10 +633,15 @@ class Registry:
         parsed = [parse_ref(r) for r in refs]
         if len({p.artifact for p in parsed}) != len(parsed):
             raise InvalidInput("a release holds one version per artifact")
-        with self.engine.begin() as conn:
+
+        def move(conn: Connection) -> list[Any]:
             rows = [self._version_row(conn, p) for p in parsed]
-            for row in rows:
+            # one lock order for every writer: concurrent releases cannot deadlock
+            for row in sorted(rows, key=lambda r: r["artifact_id"]):
                 self._move_alias(conn, row["artifact_id"], alias, row["id"])
+            return rows
+
+        rows = self._retrying(move)
         return [self.resolve(p.at(r["number"])) for p, r in zip(parsed, rows, strict=True)]
 
     def resolve_many(self, refs: Sequence[str]) -> list[Version]:
@@ -604,6 +670,24 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+#: PostgreSQL errors a retry can cure: unique violation (another writer took the number or
+#: created the row first), deadlock, serialization failure. On SQLite writers are serialized
+#: by BEGIN IMMEDIATE, so an integrity error there is the data's and is never retried.
+_RETRYABLE = {"23505", "40P01", "40001"}
+
+
+def _canonical(uri: str) -> str:
+    """A dataset URI as the datastore spells it (``out/x`` -> ``file:///abs/out/x``), so that
+    pointers recorded by different jobs compare equal."""
+    from datastore.uri import parse_uri
+
+    return parse_uri(uri).uri
+
+
+def _retryable(err: DBAPIError) -> bool:
+    return getattr(err.orig, "sqlstate", None) in _RETRYABLE
 
 
 def _new_id(conn: Connection, statement: Any) -> int:

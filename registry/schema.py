@@ -44,6 +44,7 @@ __all__ = [
     "gc_marks",
     "metadata",
     "metrics",
+    "settings",
     "tags",
     "versions",
 ]
@@ -151,4 +152,11 @@ gc_marks = Table(
     metadata,
     Column("sha256", String(64), primary_key=True),
     Column("marked_at", Float, nullable=False),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
 )

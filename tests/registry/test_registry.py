@@ -184,3 +184,13 @@ def test_a_database_that_does_not_answer_is_one_clear_error() -> None:
         Unreachable, match=r"registry database postgresql\+psycopg://.* does not answer"
     ):
         Registry(f"postgresql://nobody@127.0.0.1:{free_port()}/x", "/tmp/unused-blobs")
+
+
+def test_a_blob_store_belongs_to_one_registry(registry_db: str, tmp_path: Path) -> None:
+    """A database and a blob store that do not belong together are refused: a GC through
+    the wrong database would see every blob as unreferenced."""
+    blobs = str(tmp_path / "blobs")
+    first = Registry(registry_db, blobs)
+    assert Registry(registry_db, blobs).id == first.id  # the same pair opens again
+    with pytest.raises(InvalidInput, match="belongs to the registry"):
+        Registry(str(tmp_path / "scratch.db"), blobs)
