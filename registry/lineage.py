@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from registry import schema as t
 
-__all__ = ["Direction", "Lineage", "walk"]
+__all__ = ["Direction", "Lineage", "ancestors", "walk"]
 
 Direction = Literal["upstream", "downstream"]
 
@@ -165,6 +165,45 @@ def walk(conn: Connection, root: int, direction: Direction, depth: int | None = 
     # keep the root first, then in discovery order
     out.nodes = {root: out.nodes[root], **{k: v for k, v in out.nodes.items() if k != root}}
     return out
+
+
+def ancestors(
+    conn: Connection, ids: Iterable[int]
+) -> tuple[dict[int, set[int]], dict[int, dict[str, Any]]]:
+    """The upstream closure of every version in ``ids`` at once (one edge query per level
+    for all of them, shared ancestors fetched once): (id -> ancestor ids, ancestor -> node)."""
+    e = t.edges.c
+    parents: dict[int, list[int]] = {}
+    frontier = list(dict.fromkeys(ids))
+    seen = set(frontier)
+    while frontier:
+        nxt: list[int] = []
+        for i in range(0, len(frontier), 500):
+            chunk = frontier[i : i + 500]
+            for p, c in conn.execute(select(e.parent_id, e.child_id).where(e.child_id.in_(chunk))):
+                parents.setdefault(c, []).append(p)
+                if p not in seen:
+                    seen.add(p)
+                    nxt.append(p)
+        frontier = nxt
+    closure: dict[int, set[int]] = {}
+
+    def up(i: int) -> set[int]:
+        got = closure.get(i)
+        if got is None:
+            got = closure[i] = set()  # (no cycles: links refuse them)
+            for p in parents.get(i, ()):
+                got.add(p)
+                got |= up(p)
+        return got
+
+    out = {i: up(i) for i in dict.fromkeys(ids)}
+    every = set().union(*out.values()) if out else set()
+    nodes: dict[int, dict[str, Any]] = {}
+    listed = list(every)
+    for i in range(0, len(listed), 500):
+        nodes.update(_describe(conn, listed[i : i + 500]))
+    return out, nodes
 
 
 def _describe(conn: Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:

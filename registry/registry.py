@@ -31,7 +31,7 @@ from registry import gc as gcp
 from registry import schema as t
 from registry.blobs import BlobStore, sha256_file
 from registry.db import open_engine
-from registry.lineage import Direction, Lineage, walk
+from registry.lineage import Direction, Lineage, ancestors, walk
 from registry.policy import Policy
 from registry.refs import KINDS, Ref, check_alias, check_name, check_namespace, parse_ref
 
@@ -604,27 +604,39 @@ class Registry:
             return walk(conn, row["id"], direction, depth)
 
     def deployable(self, name: str, policy: Policy | None = None) -> list[dict[str, Any]]:
-        """Every version of artifact ``name`` (newest first) with ``deployable`` and the
-        reasons it is not (``why``), under ``policy`` (default: not revoked, clean upstream)."""
+        """Every version of artifact ``name`` (newest first; with an alias policy, the one it
+        points at) with ``deployable`` and the reasons it is not (``why``), under ``policy``
+        (default: not revoked, clean upstream). One read snapshot; the upstream of all the
+        versions is walked at once."""
         policy = policy or Policy()
         ref = parse_ref(name)
-        target = None
         with self._read() as conn:
+            art = self._artifact_id(conn, ref)
+            query = select(t.versions).where(t.versions.c.artifact_id == art)
             if policy.alias is not None:
-                try:
-                    target = self._version_row(
-                        conn, Ref(ref.namespace, ref.name, alias=policy.alias)
-                    )["id"]
-                except NotFound:
-                    target = None
-            out = []
-            for version in self.versions(str(Ref(ref.namespace, ref.name))):
-                up = walk(conn, version.id, "upstream")
-                why = policy.refusals(
-                    version, version.id == target, [up.nodes[i] for i in up.ids()]
+                check_alias(policy.alias)
+                query = query.join(t.aliases, t.aliases.c.version_id == t.versions.c.id).where(
+                    t.aliases.c.alias == policy.alias
                 )
-                out.append({"version": version, "deployable": not why, "why": why})
+            rows = list(conn.execute(query.order_by(t.versions.c.number.desc())).mappings())
+            versions = self._load(conn, rows)
+            closure, nodes = ancestors(conn, [v.id for v in versions])
+        out = []
+        for version in versions:
+            upstream = [nodes[i] for i in sorted(closure[version.id]) if i in nodes]
+            why = policy.refusals(version, True, upstream)
+            out.append({"version": version, "deployable": not why, "why": why})
         return out
+
+    def _artifact_id(self, conn: Connection, ref: Ref) -> int:
+        art = conn.execute(
+            select(t.artifacts.c.id).where(
+                and_(t.artifacts.c.namespace == ref.namespace, t.artifacts.c.name == ref.name)
+            )
+        ).scalar()
+        if art is None:
+            raise NotFound(f"no artifact {ref.artifact} in the registry")
+        return int(art)
 
     def release(self, refs: Sequence[str], alias: str) -> list[Version]:
         """Point ``alias`` at every version in ``refs`` (one per artifact) in one transaction:
