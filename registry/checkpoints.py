@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +106,7 @@ def save(
     kind: str = "checkpoint",
 ) -> Version:
     """Register ``state_dict`` as a new version of ``name``; ``step`` is kept as metadata
-    (``resume`` finds the newest)."""
+    (:func:`latest` resumes from the highest)."""
     return _save(
         registry, _snapshot(state_dict), name, step, metrics, parents, metadata, shard_bytes, kind
     )
@@ -158,31 +158,32 @@ def save_async(
 ) -> SaveHandle:
     """Like :func:`save`, but returns once the tensors are copied to host memory; the
     serialisation and upload run on a background thread."""
+    unknown = set(kwargs) - {"step", "metrics", "parents", "metadata", "shard_bytes", "kind"}
+    if unknown:
+        raise InvalidInput(f"save_async got unknown arguments: {', '.join(sorted(unknown))}")
     tensors = _snapshot(state_dict)
-    future: Future[Version] = Future()
-
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(
-                _save(
-                    registry,
-                    tensors,
-                    name,
-                    kwargs.get("step"),
-                    kwargs.get("metrics"),
-                    tuple(kwargs.get("parents", ())),
-                    kwargs.get("metadata"),
-                    int(kwargs.get("shard_bytes", DEFAULT_SHARD_BYTES)),
-                    kwargs.get("kind", "checkpoint"),
-                )
-            )
-        except BaseException as err:  # surfaced by wait()
-            future.set_exception(err)
-
-    threading.Thread(target=run, name=f"shardyard-save-{name}", daemon=False).start()
+    # one writer per registry object: saves register in the order they were asked for
+    with _POOLS_LOCK:
+        pool = _POOLS.get(id(registry))
+        if pool is None:
+            pool = _POOLS[id(registry)] = ThreadPoolExecutor(1, thread_name_prefix="shardyard-save")
+    future = pool.submit(
+        _save,
+        registry,
+        tensors,
+        name,
+        kwargs.get("step"),
+        kwargs.get("metrics"),
+        tuple(kwargs.get("parents", ())),
+        kwargs.get("metadata"),
+        int(kwargs.get("shard_bytes", DEFAULT_SHARD_BYTES)),
+        kwargs.get("kind", "checkpoint"),
+    )
     return SaveHandle(future)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 def load(
@@ -199,27 +200,34 @@ def load(
     version = registry.resolve(ref)
     root = Path(cache_dir or tempfile.mkdtemp(prefix="shardyard-load-"))
     target = root / f"{version.namespace}/{version.name}/{version.number}"
-    registry.download(str(version.ref), target)
     try:
-        manifest = json.loads((target / MANIFEST).read_text())
-    except (FileNotFoundError, ValueError):
-        raise InvalidInput(f"{version.ref} is not a checkpoint (no valid {MANIFEST})") from None
-    out: dict[str, torch.Tensor] = {}
-    loaded: dict[str, dict[str, torch.Tensor]] = {}
-    for name, entry in sorted(manifest["tensors"].items()):
-        shard = loaded.get(entry["shard"])
-        if shard is None:
-            shard = loaded[entry["shard"]] = load_file(str(target / entry["shard"]))
-        t = shard.get(name)
-        if t is None or hashlib.sha256(_raw(t)).hexdigest() != entry["sha256"]:
-            raise Corrupt(
-                f"{version.ref}: tensor {name!r} in {entry['shard']} does not match its sha256 "
-                "(corrupted or substituted shard)"
-            )
-        out[name] = t.to(_device_for(name, device))
-    if cache_dir is None:
-        shutil.rmtree(root, ignore_errors=True)
-    return out
+        registry.download(str(version.ref), target)
+        try:
+            manifest = json.loads((target / MANIFEST).read_text())
+        except (FileNotFoundError, ValueError):
+            raise InvalidInput(f"{version.ref} is not a checkpoint (no valid {MANIFEST})") from None
+        out: dict[str, torch.Tensor] = {}
+        loaded: dict[str, dict[str, torch.Tensor]] = {}
+        for name, entry in sorted(manifest["tensors"].items()):
+            shard = loaded.get(entry["shard"])
+            if shard is None:
+                shard = loaded[entry["shard"]] = load_file(str(target / entry["shard"]))
+            t = shard.get(name)
+            if (
+                t is None
+                or str(t.dtype).removeprefix("torch.") != entry["dtype"]
+                or list(t.shape) != entry["shape"]
+                or hashlib.sha256(_raw(t)).hexdigest() != entry["sha256"]
+            ):
+                raise Corrupt(
+                    f"{version.ref}: tensor {name!r} in {entry['shard']} does not match its "
+                    "dtype, shape or sha256 (corrupted or substituted shard)"
+                )
+            out[name] = t.to(_device_for(name, device))
+        return out
+    finally:
+        if cache_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _device_for(name: str, device: str | Mapping[str, str]) -> str:
@@ -230,13 +238,17 @@ def _device_for(name: str, device: str | Mapping[str, str]) -> str:
 
 
 def latest(registry: Registry, name: str) -> Version | None:
-    """The newest checkpoint of run ``name`` (to resume from), or None."""
+    """The checkpoint of run ``name`` to resume from: the highest ``step`` among versions not
+    revoked (the newest version when none has a step), or None."""
     from datastore.errors import NotFound
 
     try:
-        return registry.resolve(name)
+        versions = [v for v in registry.versions(name) if v.revoked_at is None]
     except NotFound:
         return None
+    if not versions:
+        return None
+    return max(versions, key=lambda v: (int(v.metadata.get("step", -1)), v.number))
 
 
 # -- torch.distributed.checkpoint ------------------------------------------------------------
@@ -265,9 +277,9 @@ def dcp_save(
         dist.barrier()
     version = None
     if not distributed or dist.get_rank() == 0:
-        meta = {"format": "torch.distributed.checkpoint"}
+        meta: dict[str, Any] = {"format": "torch.distributed.checkpoint"}
         if step is not None:
-            meta["step"] = str(int(step))
+            meta["step"] = int(step)
         version = registry.register(
             name, [root], kind="checkpoint", metrics=metrics, parents=parents, metadata=meta
         )

@@ -101,3 +101,14 @@ def test_dcp_checkpoints_round_trip_through_the_registry(reg: Registry, tmp_path
     ck.dcp_load(reg, target, "runs/dcp:1", staging=str(tmp_path / "back"))
     for k, t in state["model"].items():
         assert torch.equal(target["model"][k], t)
+
+
+def test_async_saves_register_in_order_and_resume_skips_revoked(reg: Registry) -> None:
+    handles = [ck.save_async(reg, _state(s), "runs/e", step=s * 10) for s in (1, 2, 3)]
+    numbers = [h.wait(60).number for h in handles]
+    assert numbers == [1, 2, 3], "saves register in the order they were asked for"
+    reg.revoke("runs/e:3", "diverged")
+    resume = ck.latest(reg, "runs/e")
+    assert resume is not None and resume.number == 2 and resume.metadata["step"] == 20
+    with pytest.raises(InvalidInput, match="unknown arguments: setp"):
+        ck.save_async(reg, _state(), "runs/e", setp=1)
