@@ -88,3 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(getattr(err, "exit_code", 2))
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as err:
+        # a database error after the registry opened (locked too long, a dropped connection):
+        # still one line, naming the database's complaint
+        if type(err).__module__.split(".")[0] != "sqlalchemy":
+            raise
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        typer.echo(f"error: registry database: {reason}", err=True)
+        sys.exit(1)
