@@ -60,12 +60,13 @@ format: $(VENV)/.all
 test: lint
 	$(BIN)/pytest -n 2 --dist loadgroup
 
-bench: $(VENV)/.all benchmarks/.peers/.done
+bench: $(VENV)/.all benchmarks/.peers/.done benchmarks/.mlflow/.done
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench_datastore.py
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_tokenize.py
 	$(PY) benchmarks/bench_loaders.py
+	$(PY) benchmarks/bench_registry.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
@@ -83,4 +84,13 @@ benchmarks/.peers/.done:
 	benchmarks/.peers/bin/python -m pip install -q -c benchmarks/.peers/constraints.txt \
 		mosaicml-streaming==0.13.0 litdata==0.2.76 numpy pyarrow boto3 psutil
 	benchmarks/.peers/bin/python -m pip uninstall -q -y torchvision
+	touch $@
+
+# MLflow (the peer of benchmarks/registry_mlflow.py, for benchmarks/bench_registry.py) in its own
+# venv: the full package (3.17.2: the newest whose mlflow-skinny the index holds), whose pins
+# (pandas, scikit-learn, ...) are no business of this project's.
+benchmarks/.mlflow/.done:
+	$(PYTHON) -m venv benchmarks/.mlflow
+	benchmarks/.mlflow/bin/python -m pip install -q --upgrade pip
+	benchmarks/.mlflow/bin/python -m pip install -q mlflow==3.17.2
 	touch $@

@@ -170,9 +170,12 @@ def download(
     blobs: str | None = BlobsOpt,
 ) -> None:
     """Download a version's files into DEST, each verified against its sha256."""
-    reg = _open(ctx, db, blobs)
-    reg.download(ref, dest)
-    typer.echo(f"{reg.resolve(ref).ref} -> {dest}")
+    version, _ = _open(ctx, db, blobs).fetch(ref, dest)
+    if not version.files:
+        pointer = f" (it points at {version.dataset_uri} version {version.dataset_version})"
+        typer.echo(f"{version.ref} holds no files{pointer if version.dataset_uri else ''}")
+        return
+    typer.echo(f"{version.ref} -> {dest} ({len(version.files)} files, verified)")
 
 
 @app.command()

@@ -527,6 +527,10 @@ class Registry:
 
     def download(self, ref: str, dest: str | os.PathLike[str]) -> Path:
         """The files of version ``ref`` under directory ``dest``, each verified."""
+        return self.fetch(ref, dest)[1]
+
+    def fetch(self, ref: str, dest: str | os.PathLike[str]) -> tuple[Version, Path]:
+        """:meth:`download`, also returning the version it resolved (an alias may move)."""
         version = self.resolve(ref)
         if version.revoked_at is not None:
             raise InvalidInput(f"{version.ref} is revoked: it is kept for audit, not for use")
@@ -536,7 +540,7 @@ class Registry:
             if root.resolve() not in target.parents:
                 raise InvalidInput(f"{version.ref}: file path {f.path!r} escapes {root}")
             self.blobs.get_to_file(f.sha256, f.size, target)
-        return root
+        return version, root
 
     def find(
         self, *, dataset: tuple[str, int] | None = None, sha256: str | None = None
