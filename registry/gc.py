@@ -160,9 +160,7 @@ def claim_blobs(
                         select(t.gc_marks.c.sha256, t.gc_marks.c.marked_at).where(
                             t.gc_marks.c.sha256.in_(part)
                         )
-                    )
-                    .tuples()
-                    .all()
+                    ).all()
                 )
             busy = {s: at for s, at in marks.items() if now - at < MARK_STALE}
             if not busy:
@@ -324,9 +322,7 @@ def gc(registry: Registry, grace: float = DEFAULT_GRACE, *, dry_run: bool = Fals
     report = GcReport(grace=grace, dry_run=dry_run)
     start = time.time()
     with engine.connect() as conn:
-        leftover = dict(
-            conn.execute(select(t.gc_marks.c.sha256, t.gc_marks.c.marked_at)).tuples().all()
-        )
+        leftover = dict(conn.execute(select(t.gc_marks.c.sha256, t.gc_marks.c.marked_at)).all())
         referenced = set(conn.execute(select(t.files.c.sha256).distinct()).scalars())
         claimed = set(
             conn.execute(
