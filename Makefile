@@ -44,9 +44,12 @@ demo: $(VENV)/.core $(VENV)/.torch
 	$(PY) examples/stream.py $(DEMO_DIR)/packed $(DEMO_DIR)/clean
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry register demo/corpus --kind dataset --dataset $(DEMO_DIR)/clean --tag license=approved
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry register demo/tokenizer $(DEMO_DIR)/tokenizer.json --kind tokenizer --parent demo/corpus:latest
-	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry register demo/tokens --kind dataset --dataset $(DEMO_DIR)/packed --parent demo/corpus:latest --parent demo/tokenizer:latest
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry register demo/tokens --kind dataset --dataset $(DEMO_DIR)/packed --parent demo/corpus:latest --parent demo/tokenizer:latest --tag license=approved
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry alias set demo/tokens:latest production
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry show demo/tokens@production
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(PY) examples/checkpoint.py
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry lineage demo/checkpoint@production
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry deployable demo/checkpoint --metric 'eval/loss<=3.0' --upstream-tag license=approved --all
 
 lint: $(VENV)/.all
 	$(BIN)/ruff check .
