@@ -565,7 +565,7 @@ def release_mosaic_shm(spec: dict[str, Any]) -> None:
     A killed or crashed case leaves ``/dev/shm/NNNNNN_*`` behind, and
     ``clean_stale_shared_memory()`` only walks prefixes up from 0 to the first one with
     nothing leaked, so it misses them; a rerun on the same cache folder then fails with
-    "Reused local directory". Mosaic also never deletes its two ``/tmp/NNNNNN_*_filelock``
+    "Reused local directory". Mosaic also never deletes its two ``<tmp>/NNNNNN_*_filelock``
     files, even after a clean run. The case wrote its prefix ``NNNNNN`` to a side file."""
     import tempfile
 

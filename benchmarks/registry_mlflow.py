@@ -24,7 +24,7 @@ The process pins itself to CPU ``--cpu`` (the last CPU it may use when that one 
 MLflow's telemetry is switched off (``MLFLOW_DISABLE_TELEMETRY``): this machine has no
 network, and it is no part of the registry's work.
 
-Run: ``benchmarks/.mlflow/bin/python benchmarks/registry_mlflow.py --db /tmp/m.db
+Run: ``benchmarks/.mlflow/bin/python benchmarks/registry_mlflow.py --db DIR/mlflow.db
 --versions 1000 --ops 100`` (``bench_registry.py`` runs it for you).
 """
 

@@ -34,7 +34,7 @@ from loaders.streaming import StreamingDataset
 __all__ = ["DaliLoader", "dali_pipeline", "numpy_reader_pipeline"]
 
 #: Token outputs DALI can carry (dense, one row per sample; ``cu_seqlens`` spans the batch).
-TOKEN_OUTPUTS = ("input_ids", "labels", "position_ids", "seq_lens")
+DALI_OUTPUTS = ("input_ids", "labels", "position_ids", "seq_lens")
 
 
 class _BatchSource:
@@ -56,11 +56,11 @@ def output_names(dataset: StreamingDataset) -> list[str]:
 
     src = dataset.source
     if isinstance(src, TokenSource):
-        names = [o for o in src.outputs if o in TOKEN_OUTPUTS]
+        names = [o for o in src.outputs if o in DALI_OUTPUTS]
         if not names:
             raise InvalidInput(
                 f"outputs={list(src.outputs)} of {dataset.uri} leave DALI nothing to carry: "
-                f"add one of {', '.join(TOKEN_OUTPUTS)}"
+                f"add one of {', '.join(DALI_OUTPUTS)}"
             )
         return names
     names = [

@@ -316,8 +316,7 @@ class TableSource(_Unpicklable):
                 out[name] = [v.item() if isinstance(v, np.generic) else v for v in col]
         return out
 
-    def read(self, shards: np.ndarray, rows: np.ndarray, cache: ShardCache) -> dict[str, Any]:
-        return self.prepare(shards, rows, cache)
+    read = prepare  # a table batch is complete once prepared
 
     def sample(self, shard: int, row: int, cache: ShardCache) -> dict[str, Any]:
         return {k: v[0] for k, v in self.read(np.array([shard]), np.array([row]), cache).items()}

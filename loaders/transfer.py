@@ -33,8 +33,6 @@ class Slots:
         self.per_worker = per_worker
         self.flags = torch.zeros(workers * per_worker, dtype=torch.int8).share_memory_()  # type: ignore[no-untyped-call]
         self._blocks: dict[int, torch.Tensor] = {}  # in the worker that owns them
-        self.reused = 0  # sends through a block used before (this worker)
-        self.fresh = 0  # sends that found no free block (this worker)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -53,11 +51,8 @@ class Slots:
             if block is None or block.numel() < nbytes:
                 block = torch.empty(nbytes + (nbytes >> 3), dtype=torch.uint8).share_memory_()  # type: ignore[no-untyped-call]
                 self._blocks[i] = block
-            else:
-                self.reused += 1
             flags[i] = 1
             return i, block[:nbytes]
-        self.fresh += 1
         return None
 
     def release_when_dropped(self, slot: int, tensor: torch.Tensor) -> None:

@@ -70,19 +70,14 @@ class Policy:
     upstream_tags: Mapping[str, str] = field(default_factory=dict)
     upstream_kind: str | None = "dataset"
 
-    def refusals(
-        self,
-        version: Any,
-        aliased: bool,
-        ancestors: Sequence[Mapping[str, Any]],
-    ) -> list[str]:
+    def refusals(self, version: Any, ancestors: Sequence[Mapping[str, Any]]) -> list[str]:
         """Why ``version`` (a registry Version) is not deployable under this policy; empty:
-        it is. ``ancestors``: its upstream lineage nodes (ref, kind, revoked, tags)."""
+        it is. ``ancestors``: its upstream lineage nodes (ref, kind, revoked, tags). The
+        alias is not judged here: ``Registry.deployable`` only asks about the version it
+        points at."""
         why = []
         if version.revoked_at is not None:
             why.append("revoked")
-        if self.alias is not None and not aliased:
-            why.append(f"not @{self.alias}")
         for c in self.conditions:
             if not c.holds(version.metrics):
                 got = version.metrics.get(c.metric)

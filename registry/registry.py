@@ -373,13 +373,7 @@ class Registry:
         return self.engine.connect().execution_options(**opts)
 
     def _version_row(self, conn: Connection, ref: Ref) -> Any:
-        art = conn.execute(
-            select(t.artifacts.c.id).where(
-                and_(t.artifacts.c.namespace == ref.namespace, t.artifacts.c.name == ref.name)
-            )
-        ).scalar()
-        if art is None:
-            raise NotFound(f"no artifact {ref.artifact} in the registry")
+        art = self._artifact_id(conn, ref)
         v = t.versions.c
         if ref.alias is not None:
             row = (
@@ -465,13 +459,7 @@ class Registry:
         """Versions of artifact ``name``, newest first."""
         ref = parse_ref(name)
         with self._read() as conn:
-            art = conn.execute(
-                select(t.artifacts.c.id).where(
-                    and_(t.artifacts.c.namespace == ref.namespace, t.artifacts.c.name == ref.name)
-                )
-            ).scalar()
-            if art is None:
-                raise NotFound(f"no artifact {ref.artifact} in the registry")
+            art = self._artifact_id(conn, ref)
             query = (
                 select(t.versions)
                 .where(t.versions.c.artifact_id == art)
@@ -503,13 +491,7 @@ class Registry:
         ref = parse_ref(name)
         e, v = t.alias_events.c, t.versions.c
         with self._read() as conn:
-            art = conn.execute(
-                select(t.artifacts.c.id).where(
-                    and_(t.artifacts.c.namespace == ref.namespace, t.artifacts.c.name == ref.name)
-                )
-            ).scalar()
-            if art is None:
-                raise NotFound(f"no artifact {ref.artifact} in the registry")
+            art = self._artifact_id(conn, ref)
             rows = conn.execute(
                 select(e.at, e.actor, v.number)
                 .select_from(t.alias_events.outerjoin(t.versions, v.id == e.version_id))
@@ -628,11 +610,12 @@ class Registry:
         out = []
         for version in versions:
             upstream = [nodes[i] for i in sorted(closure[version.id]) if i in nodes]
-            why = policy.refusals(version, True, upstream)
+            why = policy.refusals(version, upstream)
             out.append({"version": version, "deployable": not why, "why": why})
         return out
 
     def _artifact_id(self, conn: Connection, ref: Ref) -> int:
+        """The id of artifact ``ref`` names; NotFound naming it if there is none."""
         art = conn.execute(
             select(t.artifacts.c.id).where(
                 and_(t.artifacts.c.namespace == ref.namespace, t.artifacts.c.name == ref.name)

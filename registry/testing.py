@@ -47,10 +47,7 @@ class PostgresServer:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ShardyardError(
-                f"{Path(cmd[-1] if len(args) == 1 else args[0]).name} failed "
-                f"(exit {done.returncode}): {tail[0]}"
-            )
+            raise ShardyardError(f"{Path(args[0]).name} failed (exit {done.returncode}): {tail[0]}")
         return done
 
     def start(self) -> PostgresServer:

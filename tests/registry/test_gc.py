@@ -24,20 +24,9 @@ from sqlalchemy import func, insert, select, update
 from registry import Registry
 from registry import gc as gcp
 from registry import schema as t
+from tests.registry.conftest import write_files as _files
 
 DAY = 86400.0
-
-
-@pytest.fixture
-def reg(registry_db: str, tmp_path: Path) -> Registry:
-    return Registry(registry_db, str(tmp_path / "blobs"))
-
-
-def _files(root: Path, **contents: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in contents.items():
-        (root / name).write_text(text)
-    return root
 
 
 def _blob_path(reg: Registry, sha: str) -> Path:

@@ -13,18 +13,7 @@ import pytest
 from datastore.errors import Corrupt, InvalidInput, NotFound
 from registry import Registry, parse_ref
 from registry.refs import DEFAULT_NAMESPACE
-
-
-@pytest.fixture
-def reg(registry_db: str, tmp_path: Path) -> Registry:
-    return Registry(registry_db, str(tmp_path / "blobs"))
-
-
-def _files(root: Path, **contents: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in contents.items():
-        (root / name).write_text(text)
-    return root
+from tests.registry.conftest import write_files as _files
 
 
 def test_references_parse_and_refuse_bad_names() -> None:
@@ -176,14 +165,14 @@ def test_schema_matches_the_migrations(registry_db: str, tmp_path: Path) -> None
         assert {i["name"] for i in found.get_indexes(table.name)} >= {i.name for i in table.indexes}
 
 
-def test_a_database_that_does_not_answer_is_one_clear_error() -> None:
+def test_a_database_that_does_not_answer_is_one_clear_error(tmp_path: Path) -> None:
     from datastore.errors import Unreachable
     from datastore.testing.seaweedfs import free_port
 
     with pytest.raises(
         Unreachable, match=r"registry database postgresql\+psycopg://.* does not answer"
     ):
-        Registry(f"postgresql://nobody@127.0.0.1:{free_port()}/x", "/tmp/unused-blobs")
+        Registry(f"postgresql://nobody@127.0.0.1:{free_port()}/x", str(tmp_path / "blobs"))
 
 
 def test_a_blob_store_belongs_to_one_registry(registry_db: str, tmp_path: Path) -> None:
