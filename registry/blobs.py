@@ -12,14 +12,17 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from datastore import StorageConfig, open_store
 from datastore.errors import Corrupt, InvalidInput, NotFound
 from datastore.store import ObjectInfo
 
-__all__ = ["BlobStore", "sha256_file"]
+__all__ = ["BlobStore", "Staged", "sha256_file"]
 
 _CHUNK = 8 << 20
 
@@ -33,6 +36,25 @@ def sha256_file(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A file a writer already hashed, to be held by a version at ``path``.
+
+    ``source`` is the file: copied into the blob store (checked again against the sha256 on
+    the way), or, when ``owned``, a complete fsynced file the registration consumes (moved into
+    a local blob store by rename, uploaded and deleted otherwise). ``produce``: instead of a
+    file, a function that writes the bytes (in order) to the callable it is given, for writers
+    that hold them in memory. Neither: a blob already stored (a checkpoint shard identical to the
+    previous version's)."""
+
+    path: str
+    sha256: str
+    size: int
+    source: Path | None = None
+    owned: bool = False
+    produce: Callable[[Callable[[memoryview], None]], None] | None = None
 
 
 class BlobStore:
@@ -105,6 +127,118 @@ class BlobStore:
             writer.abort()
             raise
         return sha256, size, True
+
+    STAGING = "staging/"
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the blobs are files on this machine (a local or parallel filesystem)."""
+        from datastore._local import LocalStore
+
+        return isinstance(self.store, LocalStore)
+
+    def local_path(self, sha256: str) -> Path | None:
+        """Where blob ``sha256`` lives on this machine's filesystem (a local store), else None."""
+        from datastore._local import LocalStore
+
+        if isinstance(self.store, LocalStore):
+            return self.store._path(self.key(sha256))
+        return None
+
+    def staging_file(self) -> Path:
+        """A fresh path for a writer to build a file that :meth:`put_staged` then publishes:
+        inside a local blob store (so publishing is a rename on the same filesystem), in the
+        system temporary directory otherwise. Left-overs of crashed writers are removed by
+        :meth:`sweep_staging`."""
+        from datastore._local import LocalStore
+
+        if isinstance(self.store, LocalStore):
+            root = self.store._path(self.STAGING.rstrip("/"))
+            root.mkdir(parents=True, exist_ok=True)
+        else:
+            root = Path(tempfile.gettempdir())
+        return root / f"shardyard-stage-{uuid.uuid4().hex}"
+
+    def put_staged(self, staged: Staged) -> bool:
+        """Publish a :class:`Staged` file under its sha256 (True when bytes were stored);
+        an owned ``source`` is gone afterwards either way."""
+        if staged.produce is not None:
+            return self._put_produced(staged, staged.produce)
+        if staged.source is None:
+            if not self.has(staged.sha256, staged.size):
+                raise NotFound(
+                    f"blob {staged.sha256} ({staged.path}) is missing from {self.uri}: it "
+                    "was deleted after the version that held it was read; save again"
+                )
+            return False
+        if not staged.owned:
+            return self.put_file(staged.source, staged.sha256)[2]
+        try:
+            if self.has(staged.sha256, staged.size):
+                return False
+            dest = self.local_path(staged.sha256)
+            if dest is None:
+                self.put_file(staged.source, staged.sha256)
+                return True
+            if staged.source.stat().st_size != staged.size:
+                raise InvalidInput(f"{staged.source} is not the {staged.size} bytes staged")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.source, dest)  # the writer fsynced it; same filesystem
+            fd = os.open(dest.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return True
+        finally:
+            staged.source.unlink(missing_ok=True)
+
+    def _put_produced(
+        self, staged: Staged, produce: Callable[[Callable[[memoryview], None]], None]
+    ) -> bool:
+        if self.has(staged.sha256, staged.size):
+            return False
+        writer = self.store.open_writer(
+            self.key(staged.sha256), content_type="application/octet-stream"
+        )
+        size = 0
+
+        def write(view: memoryview) -> None:
+            nonlocal size
+            size += view.nbytes
+            writer.write(view)
+
+        try:
+            produce(write)
+            if size != staged.size:
+                raise InvalidInput(
+                    f"{staged.path}: its writer produced {size} bytes, not the {staged.size} "
+                    "it hashed"
+                )
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return True
+
+    def sweep_staging(self, older_than: float) -> int:
+        """Delete staged files older than ``older_than`` seconds (writers that crashed before
+        publishing); the number removed."""
+        from datastore._local import LocalStore
+
+        if not isinstance(self.store, LocalStore):
+            return 0
+        root = self.store._path(self.STAGING.rstrip("/"))
+        removed = 0
+        cutoff = time.time() - older_than
+        for f in root.glob("shardyard-stage-*") if root.is_dir() else ():
+            try:
+                if f.stat().st_mtime < cutoff:
+                    f.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def get_to_file(self, sha256: str, size: int, dest: Path) -> None:
         """Download the blob to ``dest``, verified: a mismatch raises Corrupt and leaves

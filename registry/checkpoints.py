@@ -1,13 +1,20 @@
 """PyTorch checkpoints in the registry: safetensors shards, deduplicated, verified on load.
 
 ``save(registry, state_dict, "team/run", step=...)`` writes the tensors as safetensors shards
-of at most ``shard_bytes`` (tensors in name order, so an unchanged tensor lands in a shard with
-the same bytes as before), plus ``checkpoint.json`` listing every tensor's shard, dtype, shape
-and sha256 of its bytes. The shards go through the registry's content-addressed blob store: a
-checkpoint that changed only some tensors uploads only the shards holding them. ``load``
-downloads (each blob checked against its sha256) and then checks every tensor's own sha256
-before handing it out, so a corrupted or substituted shard is caught per tensor, which neither
-``torch.save``, safetensors nor DCP do.
+of at most ``shard_bytes`` (tensors in name order), plus ``checkpoint.json`` listing every
+tensor's shard, dtype, shape, byte range and xxh3-128 checksum. Every byte is read once for
+checksums and written once: a shard is written straight from the tensors' memory into the blob
+store's staging area while another thread computes its sha256 (its blob name) and the per-tensor
+checksums, then published by rename (uploaded, for ``s3://`` blob stores). A shard whose
+tensors all match the previous version's (same names, dtypes, shapes and checksums) is not
+written at all: the new version points at the stored blob, so a checkpoint that changed only
+some tensors stores only the shards holding them. The files are plain safetensors.
+
+``load`` reads each shard once into memory (in place from a local blob store; downloaded and
+checked against its sha256 from S3), checks the header against the manifest and every tensor
+against its own checksum before handing it out, so a corrupted or substituted shard is caught
+per tensor, which neither ``torch.save``, safetensors nor DCP do. The tensors of one shard
+share its buffer (no copy).
 
 ``dcp_save`` / ``dcp_load`` put ``torch.distributed.checkpoint`` checkpoints (any sharding) in
 the same registry storage: DCP writes to a staging directory the ranks share, rank 0 registers
@@ -20,25 +27,54 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from datastore.errors import Corrupt, InvalidInput
+import xxhash
+
+from datastore.errors import Corrupt, InvalidInput, NotFound
+from registry.blobs import Staged
 
 if TYPE_CHECKING:
     import torch
 
-    from registry.registry import Registry, Version
+    from registry.blobs import BlobStore
+    from registry.registry import FileEntry, Registry, Version
 
 __all__ = ["SaveHandle", "dcp_load", "dcp_save", "latest", "load", "save", "save_async"]
 
 MANIFEST = "checkpoint.json"
+FORMAT = 2
 DEFAULT_SHARD_BYTES = 512 << 20
+_STEP = 4 << 20  # bytes per write / hash update: large enough to amortise, small enough for L3
+
+# torch dtype name -> safetensors dtype code
+_CODES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint64": "U64",
+    "uint32": "U32",
+    "uint16": "U16",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
 
 
 def _raw(t: torch.Tensor) -> memoryview:
@@ -46,11 +82,17 @@ def _raw(t: torch.Tensor) -> memoryview:
     import torch
 
     flat = t.detach().contiguous().reshape(-1).view(torch.uint8)
-    return flat.numpy().data
+    return flat.numpy().data.cast("B")
 
 
-def _snapshot(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Host copies of the tensors (the caller may update them as soon as this returns)."""
+def _xxh3(view: memoryview) -> str:
+    return xxhash.xxh3_128_hexdigest(view)
+
+
+def _snapshot(state_dict: Mapping[str, Any], copy: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors in host memory, contiguous; ``copy``: always copies (the caller may update
+    the tensors as soon as this returns), else only what is not already so (a synchronous
+    save holds the caller until it is done)."""
     import torch
 
     out: dict[str, torch.Tensor] = {}
@@ -60,37 +102,229 @@ def _snapshot(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
                 f"state_dict entry {name!r} is a {type(value).__name__}, not a tensor: keep "
                 "other training state in metadata="
             )
-        out[name] = value.detach().to("cpu", copy=True).contiguous()
+        if _dtype_name(value) not in _CODES:
+            raise InvalidInput(
+                f"state_dict entry {name!r} has dtype {value.dtype}, which safetensors cannot "
+                f"store (one of {', '.join(_CODES)})"
+            )
+        out[name] = value.detach().to("cpu", copy=copy).contiguous()
     return out
 
 
-def _write(tensors: Mapping[str, torch.Tensor], root: Path, shard_bytes: int) -> dict[str, Any]:
-    from safetensors.torch import save_file
-
-    shards: list[dict[str, torch.Tensor]] = [{}]
+def _plan(tensors: Mapping[str, torch.Tensor], shard_bytes: int) -> list[list[str]]:
+    """Tensor names per shard: name order, a new shard when the next tensor would overflow."""
+    shards: list[list[str]] = [[]]
     size = 0
     for name in sorted(tensors):
         t = tensors[name]
         nbytes = t.numel() * t.element_size()
         if shards[-1] and size + nbytes > shard_bytes:
-            shards.append({})
+            shards.append([])
             size = 0
-        shards[-1][name] = t
+        shards[-1].append(name)
         size += nbytes
+    return shards
+
+
+def _layout(tensors: Mapping[str, torch.Tensor], names: Sequence[str]) -> tuple[bytes, dict[str, list[int]]]:
+    """The safetensors header (length prefix and padding included) and each tensor's byte
+    range in the data section; wider dtypes first, so every tensor is aligned in memory."""
+    order = sorted(names, key=lambda n: (-tensors[n].element_size(), n))
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offsets: dict[str, list[int]] = {}
+    at = 0
+    for name in order:
+        t = tensors[name]
+        end = at + t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _CODES[_dtype_name(t)],
+            "shape": list(t.shape),
+            "data_offsets": [at, end],
+        }
+        offsets[name] = [at, end]
+        at = end
+    body = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 8)
+    return len(body).to_bytes(8, "little") + body, offsets
+
+
+def _write_shard(
+    tensors: Mapping[str, torch.Tensor],
+    names: Sequence[str],
+    dest: Path,
+    checksums: dict[str, str],
+) -> tuple[str, int, dict[str, list[int]]]:
+    """Write one safetensors shard to ``dest`` (fsynced) while a second thread hashes it:
+    (sha256, size, byte ranges); fills ``checksums`` for tensors not in it yet."""
+    prefix, offsets = _layout(tensors, names)
+    order = sorted(offsets, key=lambda n: offsets[n][0])
+    views = [(name, _raw(tensors[name])) for name in order]
+
+    def digest() -> str:
+        h = hashlib.sha256(prefix)
+        for name, view in views:
+            x = None if name in checksums else xxhash.xxh3_128()
+            for i in range(0, view.nbytes, _STEP):
+                chunk = view[i : i + _STEP]
+                h.update(chunk)  # hashlib and xxhash release the GIL on large buffers
+                if x is not None:
+                    x.update(chunk)
+            if x is not None:
+                checksums[name] = x.hexdigest()
+        return h.hexdigest()
+
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="shardyard-hash") as pool:
+            hashed = pool.submit(digest)
+            try:
+                size = _write_all(fd, memoryview(prefix))
+                for _, view in views:
+                    for i in range(0, view.nbytes, _STEP):
+                        size += _write_all(fd, view[i : i + _STEP])
+                os.fsync(fd)
+            finally:
+                sha = hashed.result()
+    except BaseException:
+        os.close(fd)
+        dest.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return sha, size, offsets
+
+
+def _hash_shard(
+    tensors: Mapping[str, torch.Tensor], names: Sequence[str], checksums: dict[str, str]
+) -> Staged:
+    """A shard kept in memory: hashed here, its bytes produced again when it is uploaded."""
+    prefix, offsets = _layout(tensors, names)
+    order = sorted(offsets, key=lambda n: offsets[n][0])
+    views = [(name, _raw(tensors[name])) for name in order]
+    h = hashlib.sha256(prefix)
+    for name, view in views:
+        x = xxhash.xxh3_128()
+        for i in range(0, view.nbytes, _STEP):
+            chunk = view[i : i + _STEP]
+            h.update(chunk)
+            x.update(chunk)
+        checksums[name] = x.hexdigest()
+
+    def produce(write: Any) -> None:
+        write(memoryview(prefix))
+        for _, view in views:  # read-only: the snapshot is ours, no defensive copy needed
+            for i in range(0, view.nbytes, _STEP):
+                write(view[i : i + _STEP].toreadonly())
+
+    size = len(prefix) + sum(v.nbytes for _, v in views)
+    return Staged("", h.hexdigest(), size, produce=produce)
+
+
+def _write_all(fd: int, view: memoryview) -> int:
+    n = view.nbytes
+    while view.nbytes:
+        view = view[os.write(fd, view) :]
+    return n
+
+
+def _previous(registry: Registry, name: str) -> dict[tuple[Any, ...], tuple[str, int]]:
+    """Shards of the newest version of ``name`` by content: (tensor name, dtype, shape,
+    checksum) of each tensor -> (sha256, size) of the blob; empty when there is none."""
+    try:
+        newest = registry.versions(name, limit=1)
+    except NotFound:
+        return {}
+    if not newest or newest[0].revoked_at is not None:
+        return {}
+    try:
+        manifest = _manifest(registry.blobs, newest[0])
+    except (InvalidInput, Corrupt, NotFound):
+        return {}
+    if manifest.get("format") != FORMAT:
+        return {}
+    by_shard: dict[str, list[tuple[Any, ...]]] = {}
+    for tname, e in sorted(manifest["tensors"].items()):
+        by_shard.setdefault(e["shard"], []).append(
+            (tname, e["dtype"], tuple(e["shape"]), e["xxh3_128"])
+        )
+    out = {}
+    for file, key in by_shard.items():
+        blob = manifest["shards"].get(file)
+        if blob is not None:
+            out[tuple(key)] = (blob["sha256"], int(blob["size"]))
+    return out
+
+
+def _write(
+    registry: Registry, tensors: Mapping[str, torch.Tensor], name: str, shard_bytes: int
+) -> list[Staged]:
+    """Stage the shards and the manifest of a new version of ``name``."""
+    previous = _previous(registry, name)
+    checksums: dict[str, str] = {}
+    if previous:  # checksums first: they decide which shards need writing at all
+        with ThreadPoolExecutor(2, thread_name_prefix="shardyard-hash") as pool:
+            names = sorted(tensors)
+            sums = pool.map(lambda n: _xxh3(_raw(tensors[n])), names)
+            checksums = dict(zip(names, sums, strict=True))
+    staged: list[Staged] = []
+    remote: list[tuple[str, list[str]]] = []
     entries: dict[str, Any] = {}
-    for i, group in enumerate(shards):
-        file = f"shard-{i:05d}.safetensors"
-        save_file(group, str(root / file))
-        for name, t in group.items():
-            entries[name] = {
-                "shard": file,
-                "dtype": str(t.dtype).removeprefix("torch."),
-                "shape": list(t.shape),
-                "sha256": hashlib.sha256(_raw(t)).hexdigest(),
-            }
-    manifest = {"format": 1, "tensors": entries, "shards": len(shards)}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return manifest
+    shards: dict[str, Any] = {}
+    try:
+        plan = _plan(tensors, shard_bytes)
+        for i, names in enumerate(plan):
+            file = f"shard-{i:05d}.safetensors"
+            key = tuple(
+                (n, _dtype_name(tensors[n]), tuple(tensors[n].shape), checksums.get(n))
+                for n in names
+            )
+            if key in previous:
+                sha, size = previous[key]
+                offsets = _layout(tensors, names)[1]
+                staged.append(Staged(file, sha, size))
+            elif not registry.blobs.is_local:  # hashed first, then sent from memory
+                sha, size, offsets = "", 0, _layout(tensors, names)[1]  # filled in below
+                remote.append((file, names))
+                staged.append(Staged(file, sha, size))
+            else:
+                dest = registry.blobs.staging_file()
+                sha, size, offsets = _write_shard(tensors, names, dest, checksums)
+                staged.append(Staged(file, sha, size, source=dest, owned=True))
+            shards[file] = {"sha256": sha, "size": size}
+            entries.update({n: {"offsets": offsets[n]} for n in names})
+        if remote:  # shards hashed two at a time (both cores), uploaded by the registration
+            with ThreadPoolExecutor(2, thread_name_prefix="shardyard-hash") as pool:
+                hashed = list(pool.map(lambda fn: _hash_shard(tensors, fn[1], checksums), remote))
+            done = {f: replace(s, path=f) for (f, _), s in zip(remote, hashed, strict=True)}
+            staged = [done.get(s.path, s) for s in staged]
+            for file, s in done.items():
+                shards[file] = {"sha256": s.sha256, "size": s.size}
+        for file, names in zip(shards, plan, strict=True):
+            for n in names:
+                t = tensors[n]
+                entries[n] = {
+                    "shard": file,
+                    "dtype": _dtype_name(t),
+                    "shape": list(t.shape),
+                    "offsets": entries[n]["offsets"],
+                    "xxh3_128": checksums[n],
+                }
+        doc = json.dumps(
+            {"format": FORMAT, "tensors": entries, "shards": shards}, indent=1, sort_keys=True
+        ).encode()
+        dest = registry.blobs.staging_file()
+        with open(dest, "wb") as f:
+            f.write(doc)
+            f.flush()
+            os.fsync(f.fileno())
+        staged.append(
+            Staged(MANIFEST, hashlib.sha256(doc).hexdigest(), len(doc), source=dest, owned=True)
+        )
+    except BaseException:
+        for s in staged:
+            if s.source is not None:
+                s.source.unlink(missing_ok=True)
+        raise
+    return staged
 
 
 def save(
@@ -108,7 +342,15 @@ def save(
     """Register ``state_dict`` as a new version of ``name``; ``step`` is kept as metadata
     (:func:`latest` resumes from the highest)."""
     return _save(
-        registry, _snapshot(state_dict), name, step, metrics, parents, metadata, shard_bytes, kind
+        registry,
+        _snapshot(state_dict, copy=False),
+        name,
+        step,
+        metrics,
+        parents,
+        metadata,
+        shard_bytes,
+        kind,
     )
 
 
@@ -123,17 +365,18 @@ def _save(
     shard_bytes: int,
     kind: str,
 ) -> Version:
-    root = Path(tempfile.mkdtemp(prefix="shardyard-ckpt-"))
+    staged = _write(registry, tensors, name, shard_bytes)
+    meta = dict(metadata or {})
+    if step is not None:
+        meta["step"] = int(step)
     try:
-        _write(tensors, root, shard_bytes)
-        meta = dict(metadata or {})
-        if step is not None:
-            meta["step"] = int(step)
         return registry.register(
-            name, [root], kind=kind, metrics=metrics, parents=parents, metadata=meta
+            name, kind=kind, metrics=metrics, parents=parents, metadata=meta, staged=staged
         )
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        for s in staged:  # consumed on success; left-overs of a failure go
+            if s.source is not None:
+                s.source.unlink(missing_ok=True)
 
 
 class SaveHandle:
@@ -191,43 +434,134 @@ def load(
     ref: str,
     *,
     device: str | Mapping[str, str] = "cpu",
-    cache_dir: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The state dict of checkpoint ``ref``, every tensor verified against its sha256;
+    """The state dict of checkpoint ``ref``, every tensor verified against its checksum;
     ``device`` is one device, or a map from name prefix to device (longest prefix wins)."""
-    from safetensors.torch import load_file
-
     version = registry.resolve(ref)
-    root = Path(cache_dir or tempfile.mkdtemp(prefix="shardyard-load-"))
-    target = root / f"{version.namespace}/{version.name}/{version.number}"
+    if version.revoked_at is not None:
+        raise InvalidInput(f"{version.ref} is revoked: it is kept for audit, not for use")
+    manifest = _manifest(registry.blobs, version)
+    if manifest.get("format") != FORMAT:
+        raise InvalidInput(
+            f"{version.ref}: checkpoint format {manifest.get('format')!r} is not one this "
+            f"version of shardyard reads ({FORMAT})"
+        )
+    files = {f.path: f for f in version.files}
+    by_shard: dict[str, list[str]] = {}
+    for tname, entry in sorted(manifest["tensors"].items()):
+        by_shard.setdefault(entry["shard"], []).append(tname)
+    for file in by_shard:
+        if file not in files:
+            raise Corrupt(f"{version.ref}: {MANIFEST} lists shard {file}, which it does not hold")
+
+    def shard(item: tuple[str, list[str]]) -> list[tuple[str, torch.Tensor]]:
+        buf = _read_blob(registry.blobs, files[item[0]])
+        return _tensors(version, item[0], buf, item[1], manifest["tensors"])
+
+    out: dict[str, torch.Tensor] = {}
+    # two shards at a time: reads and checksums release the GIL
+    with ThreadPoolExecutor(2, thread_name_prefix="shardyard-load") as pool:
+        for tensors in pool.map(shard, by_shard.items()):
+            for tname, t in tensors:
+                out[tname] = t.to(_device_for(tname, device))
+    return out
+
+
+def _manifest(blobs: BlobStore, version: Version) -> dict[str, Any]:
+    entry = next((f for f in version.files if f.path == MANIFEST), None)
+    if entry is None:
+        raise InvalidInput(f"{version.ref} is not a checkpoint (it holds no {MANIFEST})")
+    data = blobs.store.get(blobs.key(entry.sha256))
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise Corrupt(f"{version.ref}: {MANIFEST} does not match its sha256")
     try:
-        registry.download(str(version.ref), target)
+        doc = json.loads(data)
+    except ValueError:
+        raise Corrupt(f"{version.ref}: {MANIFEST} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise Corrupt(f"{version.ref}: {MANIFEST} is not a JSON object")
+    return doc
+
+
+def _read_blob(blobs: BlobStore, entry: FileEntry) -> torch.Tensor:
+    """The blob's bytes in one writable uint8 tensor: read in place from a local blob store
+    (the per-tensor checksums verify it), downloaded and checked against its sha256 else."""
+    import numpy as np
+    import torch
+
+    buf = torch.empty(entry.size, dtype=torch.uint8)
+    view = buf.numpy().data.cast("B")
+    path = blobs.local_path(entry.sha256)
+    if path is not None:
         try:
-            manifest = json.loads((target / MANIFEST).read_text())
-        except (FileNotFoundError, ValueError):
-            raise InvalidInput(f"{version.ref} is not a checkpoint (no valid {MANIFEST})") from None
-        out: dict[str, torch.Tensor] = {}
-        loaded: dict[str, dict[str, torch.Tensor]] = {}
-        for name, entry in sorted(manifest["tensors"].items()):
-            shard = loaded.get(entry["shard"])
-            if shard is None:
-                shard = loaded[entry["shard"]] = load_file(str(target / entry["shard"]))
-            t = shard.get(name)
-            if (
-                t is None
-                or str(t.dtype).removeprefix("torch.") != entry["dtype"]
-                or list(t.shape) != entry["shape"]
-                or hashlib.sha256(_raw(t)).hexdigest() != entry["sha256"]
-            ):
-                raise Corrupt(
-                    f"{version.ref}: tensor {name!r} in {entry['shard']} does not match its "
-                    "dtype, shape or sha256 (corrupted or substituted shard)"
-                )
-            out[name] = t.to(_device_for(name, device))
-        return out
-    finally:
-        if cache_dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+            with open(path, "rb", buffering=0) as f:
+                got = 0
+                while got < entry.size and (n := f.readinto(view[got:])):
+                    got += n
+                extra = f.read(1)
+        except FileNotFoundError:
+            raise NotFound(
+                f"blob {entry.sha256} ({entry.path}) is missing from {blobs.uri} (deleted "
+                "outside the registry?)"
+            ) from None
+        if got != entry.size or extra:
+            raise Corrupt(
+                f"blob {path} ({entry.path}) is not the {entry.size} bytes registered: the "
+                "blob store was damaged"
+            )
+        return buf
+    data = blobs.store.read_buffer(blobs.key(entry.sha256), entry.size)
+    arr = np.frombuffer(data, dtype=np.uint8)
+    if len(arr) != entry.size or hashlib.sha256(arr.data).hexdigest() != entry.sha256:
+        raise Corrupt(
+            f"blob {blobs.store.uri_of(blobs.key(entry.sha256))} ({entry.path}) does not "
+            "match its checksum"
+        )
+    np.copyto(buf.numpy(), arr)
+    return buf
+
+
+def _tensors(
+    version: Version,
+    file: str,
+    buf: torch.Tensor,
+    names: Sequence[str],
+    entries: Mapping[str, Any],
+) -> list[tuple[str, torch.Tensor]]:
+    """The tensors ``names`` of shard ``file``, each checked against the header and its
+    checksum; views of ``buf``."""
+    import torch
+
+    def bad(what: str) -> Corrupt:
+        return Corrupt(
+            f"{version.ref}: tensor {what} in {file} does not match its dtype, shape, byte "
+            "range or checksum (corrupted or substituted shard)"
+        )
+
+    try:
+        n = int.from_bytes(buf[:8].numpy().tobytes(), "little")
+        header = json.loads(buf[8 : 8 + n].numpy().tobytes())
+    except (ValueError, RuntimeError):
+        raise bad("header") from None
+    base = 8 + n
+    out = []
+    for name in names:
+        e = entries[name]
+        h = header.get(name) if isinstance(header, dict) else None
+        a, b = e["offsets"]
+        if (
+            not isinstance(h, dict)
+            or h.get("dtype") != _CODES.get(e["dtype"])
+            or h.get("shape") != e["shape"]
+            or h.get("data_offsets") != [a, b]
+            or base + b > buf.numel()
+        ):
+            raise bad(repr(name))
+        piece = buf[base + a : base + b]
+        if _xxh3(piece.numpy().data.cast("B")) != e["xxh3_128"]:
+            raise bad(repr(name))
+        out.append((name, piece.view(getattr(torch, e["dtype"])).reshape(e["shape"])))
+    return out
 
 
 def _device_for(name: str, device: str | Mapping[str, str]) -> str:

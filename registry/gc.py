@@ -56,7 +56,6 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, insert, select, text
@@ -65,7 +64,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from datastore.errors import InvalidInput, ShardyardError
 from registry import schema as t
-from registry.blobs import BlobStore
+from registry.blobs import BlobStore, Staged
 
 if TYPE_CHECKING:
     from registry.registry import Registry
@@ -185,18 +184,16 @@ def claim_blobs(
         pause = min(pause * 2, 1.0)
 
 
-def claim_and_store(
-    engine: Engine, blobs: BlobStore, files: Sequence[tuple[Path, str, int]], holder: str
-) -> None:
-    """A registration's blob part: claim the blobs of ``files`` (path, sha256, size) for
-    ``holder``, then upload or reuse each one and verify it landed; on failure the claims are
-    released before the error propagates."""
+def claim_and_store(engine: Engine, blobs: BlobStore, files: Sequence[Staged], holder: str) -> None:
+    """A registration's blob part: claim the blobs of ``files`` for ``holder``, then upload,
+    publish or reuse each one and verify it landed; on failure the claims are released
+    before the error propagates."""
     try:
-        claim_blobs(engine, [sha for _, sha, _ in files], holder)
-        for path, sha, size in files:
-            blobs.put_file(path, sha)
-            if not blobs.has(sha, size):
-                raise InvalidInput(f"{path}: its blob did not land in {blobs.uri}")
+        claim_blobs(engine, [f.sha256 for f in files], holder)
+        for f in files:
+            blobs.put_staged(f)
+            if not blobs.has(f.sha256, f.size):
+                raise InvalidInput(f"{f.path}: its blob did not land in {blobs.uri}")
     except BaseException:
         release_claims(engine, holder)
         raise
@@ -251,6 +248,7 @@ class GcReport:
     kept_claimed: int = 0
     skipped: int = 0  # its mark was dropped or taken over meanwhile: left to the next run
     resumed_marks: int = 0  # marks a killed GC had left, finished by this run
+    staging_removed: int = 0  # files of writers that died before publishing them
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (``--json``)."""
@@ -369,4 +367,5 @@ def gc(registry: Registry, grace: float = DEFAULT_GRACE, *, dry_run: bool = Fals
             _clear_mark(engine, sha, marked_at)
         with engine.begin() as conn:  # claims of crashed registrations
             conn.execute(delete(t.blob_claims).where(t.blob_claims.c.claimed_at <= start - grace))
+        report.staging_removed = registry.blobs.sweep_staging(grace)
     return report

@@ -29,7 +29,7 @@ from datastore import StorageConfig
 from datastore.errors import InvalidInput, NotFound
 from registry import gc as gcp
 from registry import schema as t
-from registry.blobs import BlobStore, sha256_file
+from registry.blobs import BlobStore, Staged, sha256_file
 from registry.db import open_engine
 from registry.lineage import Direction, Lineage, ancestors, walk
 from registry.policy import Policy
@@ -198,10 +198,12 @@ class Registry:
         metadata: Mapping[str, Any] | None = None,
         parents: Iterable[str] = (),
         dataset: tuple[str, int] | None = None,
+        staged: Iterable[Staged] = (),
     ) -> Version:
         """A new version of artifact ``name`` (``[ns/]name``) holding ``paths`` (files, or
         directories of files) and/or pointing at ``dataset`` (URI, version); ``parents`` are
-        references it derives from (lineage)."""
+        references it derives from (lineage). ``staged``: files a writer already hashed (and
+        may hand over to be moved into the blob store), e.g. checkpoint shards."""
         ref = parse_ref(name)
         if ref.version is not None or ref.alias is not None:
             raise InvalidInput(f"register takes an artifact name, not a version: {name!r}")
@@ -220,13 +222,17 @@ class Registry:
         if dataset is not None:
             dataset = (_canonical(dataset[0]), int(dataset[1]))
         sources = _collect(paths) if paths else []
-        if not sources and dataset is None:
+        staged = list(staged)
+        if not sources and not staged and dataset is None:
             raise InvalidInput(f"nothing to register for {name}: give files or a dataset")
-        entries = [FileEntry(inside, *sha256_file(path)) for inside, path in sources]
+        uploads = [Staged(inside, *sha256_file(path), source=path) for inside, path in sources]
+        uploads += staged
+        if len({u.path for u in uploads}) != len(uploads):
+            raise InvalidInput(f"two files of {name} would have the same path in the version")
+        entries = [FileEntry(u.path, u.sha256, u.size) for u in uploads]
         digest = _digest(entries, dataset)
         parent_refs = [parse_ref(p) for p in parents]
         # Every blob claimed against GC, stored and verified before any row (registry.gc).
-        uploads = [(path, e.sha256, e.size) for (_, path), e in zip(sources, entries, strict=True)]
         holder = gcp.new_holder()
         gcp.claim_and_store(self.engine, self.blobs, uploads, holder)
         for attempt in range(20):

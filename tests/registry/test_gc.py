@@ -109,6 +109,7 @@ def test_gc_deletes_old_unreferenced_blobs_and_keeps_referenced_and_young(
         "kept_claimed": 0,
         "skipped": 0,
         "resumed_marks": 0,
+        "staging_removed": 0,
     }
     assert not _blob_path(reg, old).exists()
     assert _blob_path(reg, young).exists()
