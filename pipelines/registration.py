@@ -45,6 +45,9 @@ def register_output(
             digest = checksum.split(":", 1)[-1]
             found += [str(v.ref) for v in reg.find(sha256=digest)]
         unique = list(dict.fromkeys(found))
+        again = _same_as_newest(reg, name, output)
+        if again is not None:  # a rerun of the job that registered it: no duplicate version
+            return again, unique
         new = reg.register(
             name,
             kind="dataset",
@@ -56,3 +59,18 @@ def register_output(
         return str(new.ref), unique
     finally:
         reg.close()
+
+
+def _same_as_newest(reg: Any, name: str, output: tuple[str, int]) -> str | None:
+    """The reference of ``name``'s newest version when it already points at ``output``."""
+    from datastore.errors import NotFound
+
+    try:
+        newest = reg.versions(name, limit=1)
+    except NotFound:
+        return None
+    if newest and newest[0].dataset_uri is not None:
+        same = reg.find(dataset=output, name=name, limit=1)
+        if same and same[0].number == newest[0].number:
+            return str(newest[0].ref)
+    return None

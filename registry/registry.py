@@ -33,6 +33,7 @@ from registry.blobs import BlobStore, Staged, sha256_file
 from registry.db import open_engine
 from registry.lineage import Direction, Lineage, ancestors, walk
 from registry.policy import Policy
+from registry.reads import Reader
 from registry.refs import KINDS, Ref, check_alias, check_name, check_namespace, parse_ref
 
 __all__ = ["FileEntry", "Registry", "Version", "default_home"]
@@ -157,6 +158,7 @@ class Registry:
             blobs or os.environ.get("SHARDYARD_REGISTRY_BLOBS") or str(home / "blobs")
         )
         self.engine: Engine = open_engine(self.db_location)
+        self._reader = Reader(self.engine)
         self.blobs = BlobStore(self.blob_location, config)
         self.actor = actor or _whoami()
         self.id = self._identity()
@@ -408,72 +410,60 @@ class Registry:
     def resolve(self, ref: str | Ref) -> Version:
         """The version ``ref`` names (``ns/name:7``, ``ns/name@alias``, ``ns/name``)."""
         parsed = parse_ref(ref) if isinstance(ref, str) else ref
-        with self._read() as conn:
+        with self._reader.cursor() as cur:
+            row = self._reader.find(cur, parsed)
+            if row is not None:
+                return self._reader.load(cur, [row])[0]
+        with self._read() as conn:  # not there: the slow path names what is missing
             row = self._version_row(conn, parsed)
             return self._load(conn, [row])[0]
 
     def _load(self, conn: Connection, rows: Sequence[Any]) -> list[Version]:
+        """Versions of ``versions`` rows read through SQLAlchemy, details on the same
+        transaction's DBAPI cursor (:class:`registry.reads.Reader`)."""
         if not rows:
             return []
-        ids = [r["id"] for r in rows]
         arts = {
             a.id: a
             for a in conn.execute(
                 select(t.artifacts).where(t.artifacts.c.id.in_({r["artifact_id"] for r in rows}))
             )
         }
-        files: dict[int, list[FileEntry]] = {i: [] for i in ids}
-        for f in conn.execute(
-            select(t.files).where(t.files.c.version_id.in_(ids)).order_by(t.files.c.path)
-        ):
-            files[f.version_id].append(FileEntry(f.path, f.sha256, f.size))
-        tags: dict[int, dict[str, str]] = {i: {} for i in ids}
-        for r in conn.execute(select(t.tags).where(t.tags.c.version_id.in_(ids))):
-            tags[r.version_id][r.key] = r.value
-        metrics: dict[int, dict[str, float]] = {i: {} for i in ids}
-        for r in conn.execute(select(t.metrics).where(t.metrics.c.version_id.in_(ids))):
-            metrics[r.version_id][r.key] = r.value
-        aliases: dict[int, list[str]] = {i: [] for i in ids}
-        for r in conn.execute(select(t.aliases).where(t.aliases.c.version_id.in_(ids))):
-            aliases[r.version_id].append(r.alias)
-        out = []
+        plain = []
         for r in rows:
             a = arts[r["artifact_id"]]
-            out.append(
-                Version(
-                    namespace=a.namespace,
-                    name=a.name,
-                    number=r["number"],
-                    kind=a.kind,
-                    digest=r["digest"],
-                    created_at=r["created_at"],
-                    created_by=r["created_by"],
-                    files=tuple(files[r["id"]]),
-                    tags=tags[r["id"]],
-                    metrics=metrics[r["id"]],
-                    metadata=json.loads(r["meta"] or "{}"),
-                    dataset_uri=r["dataset_uri"],
-                    dataset_version=r["dataset_version"],
-                    revoked_at=r["revoked_at"],
-                    aliases=tuple(sorted(aliases[r["id"]])),
-                    id=r["id"],
+            plain.append(
+                (
+                    r["id"],
+                    r["number"],
+                    r["digest"],
+                    r["created_at"],
+                    r["created_by"],
+                    r["dataset_uri"],
+                    r["dataset_version"],
+                    r["meta"],
+                    r["revoked_at"],
+                    a.namespace,
+                    a.name,
+                    a.kind,
                 )
             )
-        return out
+        cur = conn.connection.cursor()
+        try:
+            return self._reader.load(cur, plain)
+        finally:
+            cur.close()
 
     def versions(self, name: str, limit: int | None = None) -> list[Version]:
         """Versions of artifact ``name``, newest first."""
         ref = parse_ref(name)
+        with self._reader.cursor() as cur:
+            rows = self._reader.newest(cur, ref, limit)
+            if rows:
+                return self._reader.load(cur, rows)
         with self._read() as conn:
-            art = self._artifact_id(conn, ref)
-            query = (
-                select(t.versions)
-                .where(t.versions.c.artifact_id == art)
-                .order_by(t.versions.c.number.desc())
-            )
-            if limit is not None:
-                query = query.limit(limit)
-            return self._load(conn, list(conn.execute(query).mappings()))
+            self._artifact_id(conn, ref)  # NotFound naming it when there is no such artifact
+        return []
 
     def artifacts(self, namespace: str | None = None) -> list[dict[str, Any]]:
         """Artifacts (namespace, name, kind, versions, latest), optionally of one namespace."""
@@ -531,23 +521,53 @@ class Registry:
         return version, root
 
     def find(
-        self, *, dataset: tuple[str, int] | None = None, sha256: str | None = None
+        self,
+        *,
+        dataset: tuple[str, int] | None = None,
+        sha256: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        name: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
     ) -> list[Version]:
-        """Versions pointing at ``dataset`` (URI, version) or holding a file with content
-        ``sha256`` (how a pipeline finds the registered versions of its inputs)."""
+        """Versions matching every condition given, oldest first: pointing at ``dataset``
+        (URI, version), holding a file with content ``sha256`` (how a pipeline finds the
+        registered versions of its inputs), carrying every tag in ``tags``, of artifact
+        ``name``, of ``kind``; at most ``limit`` (the newest ones)."""
         v = t.versions.c
+        conditions = []
         if dataset is not None:
-            query = select(t.versions).where(
-                and_(v.dataset_uri == _canonical(dataset[0]), v.dataset_version == dataset[1])
-            )
-        elif sha256 is not None:
-            query = select(t.versions).where(
+            conditions += [v.dataset_uri == _canonical(dataset[0]), v.dataset_version == dataset[1]]
+        if sha256 is not None:
+            conditions.append(
                 v.id.in_(select(t.files.c.version_id).where(t.files.c.sha256 == sha256))
             )
-        else:
-            raise InvalidInput("find needs dataset= or sha256=")
+        for key, value in (tags or {}).items():
+            conditions.append(
+                v.id.in_(
+                    select(t.tags.c.version_id).where(
+                        and_(t.tags.c.key == key, t.tags.c.value == str(value))
+                    )
+                )
+            )
+        if not conditions and name is None:
+            raise InvalidInput("find needs at least one of dataset=, sha256=, tags=, name=")
+        if kind is not None and kind not in KINDS:
+            raise InvalidInput(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+        if kind is not None:
+            conditions.append(
+                v.artifact_id.in_(select(t.artifacts.c.id).where(t.artifacts.c.kind == kind))
+            )
         with self._read() as conn:
-            return self._load(conn, list(conn.execute(query.order_by(v.id)).mappings()))
+            if name is not None:
+                conditions.append(v.artifact_id == self._artifact_id(conn, parse_ref(name)))
+            query = select(t.versions).where(and_(*conditions))
+            if limit is not None:
+                query = query.order_by(v.id.desc()).limit(limit)
+                rows = list(conn.execute(query).mappings())[::-1]
+            else:
+                rows = list(conn.execute(query.order_by(v.id)).mappings())
+            return self._load(conn, rows)
 
     # -- lineage, deployability, releases ---------------------------------------------------
     def link(self, parent: str, child: str, relation: str = "derived") -> None:

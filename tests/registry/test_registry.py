@@ -183,3 +183,52 @@ def test_a_blob_store_belongs_to_one_registry(registry_db: str, tmp_path: Path) 
     assert Registry(registry_db, blobs).id == first.id  # the same pair opens again
     with pytest.raises(InvalidInput, match="belongs to the registry"):
         Registry(str(tmp_path / "scratch.db"), blobs)
+
+
+def test_hot_reads_match_the_general_path_and_find_combines_conditions(
+    reg: Registry, tmp_path: Path
+) -> None:
+    """resolve/versions (plain SQL on the cursor) return what resolve_many (SQLAlchemy Core)
+    does, field for field; find ANDs its conditions."""
+    src = _files(tmp_path / "m", **{"w.bin": "w", "z.txt": "z"})
+    reg.register("team/data", kind="dataset", dataset=("file:///d", 3), tags={"license": "ok"})
+    for i in range(5):
+        reg.register(
+            "team/model",
+            [src],
+            kind="model",
+            tags={"commit": f"c{i}", "team": "nlp"},
+            metrics={"eval/acc": i / 10},
+            metadata={"step": i},
+            parents=["team/data:1"],
+        )
+    reg.set_alias("team/model:2", "production")
+    reg.set_alias("team/model:2", "staging")
+    reg.revoke("team/model:4", "bad")
+    fast = [reg.resolve("team/model@production"), *reg.versions("team/model")]
+    slow = reg.resolve_many(
+        ["team/model@production", *[f"team/model:{n}" for n in (5, 4, 3, 2, 1)]]
+    )
+    assert fast == slow
+    assert fast[0].aliases == ("production", "staging") and fast[0].metrics == {"eval/acc": 0.1}
+    assert fast[0].tags == {"commit": "c1", "team": "nlp"} and fast[0].metadata == {"step": 1}
+    assert [f.path for f in fast[0].files] == ["w.bin", "z.txt"]
+    assert [v.number for v in reg.versions("team/model", limit=2)] == [5, 4]
+    assert reg.versions("team/model", limit=0) == []
+    with pytest.raises(NotFound, match="team/nothing"):
+        reg.versions("team/nothing")
+
+    assert [v.number for v in reg.find(tags={"commit": "c3"})] == [4]
+    assert [v.number for v in reg.find(tags={"team": "nlp"}, name="team/model", limit=2)] == [4, 5]
+    assert reg.find(tags={"team": "nlp", "commit": "c9"}) == []
+    assert [str(v.ref) for v in reg.find(tags={"license": "ok"}, kind="dataset")] == ["team/data:1"]
+    assert reg.find(tags={"license": "ok"}, kind="model") == []
+    sha = fast[0].files[0].sha256
+    assert (
+        len(reg.find(sha256=sha, kind="model")) == 5
+        and reg.find(sha256=sha, kind="tokenizer") == []
+    )
+    with pytest.raises(InvalidInput, match="needs at least one"):
+        reg.find()
+    with pytest.raises(InvalidInput, match="unknown kind"):
+        reg.find(tags={"a": "b"}, kind="weights")
