@@ -103,6 +103,45 @@ class Reader:
         cur.execute(self._sql(_NEWEST), (ref.namespace, ref.name, _ALL if limit is None else limit))
         return [tuple(r) for r in cur.fetchall()]
 
+    def search(
+        self,
+        cur: Any,
+        *,
+        artifact: Ref | None = None,
+        kind: str | None = None,
+        dataset: tuple[str, int] | None = None,
+        sha256: str | None = None,
+        tags: Sequence[tuple[str, str]] = (),
+        limit: int | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Rows of the versions matching every condition given, oldest first (the newest
+        ``limit`` when given)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if artifact is not None:
+            where.append("a.namespace = ? AND a.name = ?")
+            params += [artifact.namespace, artifact.name]
+        if kind is not None:
+            where.append("a.kind = ?")
+            params.append(kind)
+        if dataset is not None:
+            where.append("v.dataset_uri = ? AND v.dataset_version = ?")
+            params += list(dataset)
+        if sha256 is not None:
+            where.append("v.id IN (SELECT version_id FROM files WHERE sha256 = ?)")
+            params.append(sha256)
+        for key, value in tags:
+            where.append("v.id IN (SELECT version_id FROM tags WHERE key = ? AND value = ?)")
+            params += [key, value]
+        sql = f"SELECT {_COLS} FROM artifacts a JOIN versions v ON v.artifact_id = a.id"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        if limit is None:
+            cur.execute(self._sql(sql + " ORDER BY v.id"), params)
+            return [tuple(r) for r in cur.fetchall()]
+        cur.execute(self._sql(sql + " ORDER BY v.id DESC LIMIT ?"), [*params, limit])
+        return [tuple(r) for r in cur.fetchall()][::-1]
+
     def load(self, cur: Any, rows: Sequence[tuple[Any, ...]]) -> list[Version]:
         """Versions of ``rows`` (columns as :data:`_COLS`), files, tags, metrics, aliases."""
         from registry.registry import FileEntry, Version

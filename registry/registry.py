@@ -534,40 +534,26 @@ class Registry:
         (URI, version), holding a file with content ``sha256`` (how a pipeline finds the
         registered versions of its inputs), carrying every tag in ``tags``, of artifact
         ``name``, of ``kind``; at most ``limit`` (the newest ones)."""
-        v = t.versions.c
-        conditions = []
-        if dataset is not None:
-            conditions += [v.dataset_uri == _canonical(dataset[0]), v.dataset_version == dataset[1]]
-        if sha256 is not None:
-            conditions.append(
-                v.id.in_(select(t.files.c.version_id).where(t.files.c.sha256 == sha256))
-            )
-        for key, value in (tags or {}).items():
-            conditions.append(
-                v.id.in_(
-                    select(t.tags.c.version_id).where(
-                        and_(t.tags.c.key == key, t.tags.c.value == str(value))
-                    )
-                )
-            )
-        if not conditions and name is None:
+        if dataset is None and sha256 is None and not tags and name is None:
             raise InvalidInput("find needs at least one of dataset=, sha256=, tags=, name=")
         if kind is not None and kind not in KINDS:
             raise InvalidInput(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
-        if kind is not None:
-            conditions.append(
-                v.artifact_id.in_(select(t.artifacts.c.id).where(t.artifacts.c.kind == kind))
+        artifact = parse_ref(name) if name is not None else None
+        with self._reader.cursor() as cur:
+            rows = self._reader.search(
+                cur,
+                artifact=artifact,
+                kind=kind,
+                dataset=(_canonical(dataset[0]), int(dataset[1])) if dataset else None,
+                sha256=sha256,
+                tags=[(k, str(v)) for k, v in (tags or {}).items()],
+                limit=limit,
             )
-        with self._read() as conn:
-            if name is not None:
-                conditions.append(v.artifact_id == self._artifact_id(conn, parse_ref(name)))
-            query = select(t.versions).where(and_(*conditions))
-            if limit is not None:
-                query = query.order_by(v.id.desc()).limit(limit)
-                rows = list(conn.execute(query).mappings())[::-1]
-            else:
-                rows = list(conn.execute(query.order_by(v.id)).mappings())
-            return self._load(conn, rows)
+            found = self._reader.load(cur, rows)
+        if not found and artifact is not None:
+            with self._read() as conn:
+                self._artifact_id(conn, artifact)  # NotFound naming it when it does not exist
+        return found
 
     # -- lineage, deployability, releases ---------------------------------------------------
     def link(self, parent: str, child: str, relation: str = "derived") -> None:
