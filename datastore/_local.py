@@ -14,12 +14,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from datastore.errors import AlreadyExists, NotFound, PreconditionFailed
 from datastore.store import Data, ObjectInfo, ObjectStore, PutMode
 from datastore.uri import Location
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["LocalObjectWriter", "LocalStore", "is_temporary"]
 
@@ -62,6 +64,8 @@ class LocalStore(ObjectStore):
             raise NotFound(f"{self.uri_of(key)} does not exist") from None
 
     def read_buffer(self, key: str, size: int | None = None) -> pa.Buffer:
+        import pyarrow as pa
+
         try:
             with pa.OSFile(str(self._path(key)), "rb") as fh:
                 return fh.read_buffer()

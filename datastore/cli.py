@@ -1,16 +1,21 @@
-"""``shardyard dataset ...``: inspect, verify and list dataset versions."""
+"""``shardyard dataset ...``: inspect, verify and list dataset versions.
+
+The dataset modules (PyArrow, NumPy) are imported inside the commands: the other packages'
+CLIs import :func:`storage_config` and :data:`JsonOpt` from here, and must start without them.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from datastore.config import StorageConfig
-from datastore.dataset import ArrayDataset, TableDataset, dataset_versions, open_dataset
 from datastore.errors import Corrupt
-from datastore.manifest import schema_to_json
+
+if TYPE_CHECKING:
+    from datastore.dataset import ArrayDataset, TableDataset
 
 __all__ = ["app", "storage_config"]
 
@@ -38,6 +43,9 @@ def _human(n: float) -> str:
 
 
 def _summary(ds: TableDataset | ArrayDataset) -> dict[str, Any]:
+    from datastore.dataset import ArrayDataset
+    from datastore.manifest import schema_to_json
+
     m = ds.manifest
     out: dict[str, Any] = {
         "uri": ds.uri,
@@ -70,6 +78,8 @@ def info(
     ctx: typer.Context, uri: str, version: int | None = VersionOpt, as_json: bool = JsonOpt
 ) -> None:
     """Summarise one version: rows, bytes, shards, format and schema."""
+    from datastore.dataset import open_dataset
+
     ds = open_dataset(uri, version, config=storage_config(ctx))
     s = _summary(ds)
     if as_json:
@@ -99,6 +109,8 @@ def verify(
     ctx: typer.Context, uri: str, version: int | None = VersionOpt, as_json: bool = JsonOpt
 ) -> None:
     """Re-read every shard and check sizes and checksums; exit 1 naming any bad shard."""
+    from datastore.dataset import open_dataset
+
     ds = open_dataset(uri, version, config=storage_config(ctx))
     result = ds.verify()
     if as_json:
@@ -139,6 +151,8 @@ def head(
     as_json: bool = JsonOpt,
 ) -> None:
     """Print the first N rows (JSON lines with --json)."""
+    from datastore.dataset import ArrayDataset, open_dataset
+
     ds = open_dataset(uri, version, config=storage_config(ctx))
     if isinstance(ds, ArrayDataset):
         for name in ds.array_names:
@@ -168,6 +182,8 @@ def _format_rows(names: list[str], rows: list[dict[str, Any]], width: int = 40) 
 @app.command()
 def versions(ctx: typer.Context, uri: str, as_json: bool = JsonOpt) -> None:
     """List committed versions with their row counts and creation times."""
+    from datastore.dataset import dataset_versions, open_dataset
+
     config = storage_config(ctx)
     found = dataset_versions(uri, config)
     rows: list[dict[str, Any]] = []

@@ -12,18 +12,19 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 from datastore.config import StorageConfig
 from datastore.errors import NotFound
 from datastore.uri import Location, parse_uri
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 __all__ = ["ObjectInfo", "ObjectStore", "ObjectWriter", "PutMode", "open_store"]
 
 PutMode = Literal["overwrite", "create"]
-Data: TypeAlias = bytes | bytearray | memoryview | pa.Buffer
+Data: TypeAlias = "bytes | bytearray | memoryview | pa.Buffer"
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ class ObjectStore(abc.ABC):
     def read_buffer(self, key: str, size: int | None = None) -> pa.Buffer:
         """The whole object as an Arrow buffer; ``size`` (bytes), when known, allows
         backends to split the read into parallel ranges."""
+        import pyarrow as pa
+
         return pa.py_buffer(self.get(key))
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlparse
-
-import pyarrow.fs as pafs
 
 from datastore.config import StorageConfig
 from datastore.errors import Unsupported
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 __all__ = ["Location", "parse_uri", "resolve_filesystem"]
 
@@ -79,6 +80,8 @@ def resolve_filesystem(
     S3 uses pyarrow's native (C++) client, the fast path for bulk reads and writes; its
     credentials and endpoint come from ``config`` resolved the same way as boto3's.
     """
+    import pyarrow.fs as pafs
+
     loc = uri if isinstance(uri, Location) else parse_uri(uri)
     if loc.scheme == "file":
         return pafs.LocalFileSystem(), loc.path

@@ -1,30 +1,158 @@
-"""Compose ``shardyard`` from the packages' sub-apps; turn Shardyard errors into one line."""
+"""Compose ``shardyard`` from the packages' sub-apps; turn Shardyard errors into one line.
+
+The sub-apps are imported only when their command is invoked (:class:`_LazyGroup`): ``shardyard
+registry show`` imports ``registry.cli`` (and what the registry needs), never ``pipelines`` or the
+dataset modules, so that a read in a fresh process answers quickly. ``shardyard --help`` lists
+the commands from :data:`SUBCOMMANDS` without importing any of them.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
-from typing import Any
+from collections.abc import Iterator, MutableMapping
+from typing import Any, TypeAlias
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-import datastore.cli
-import pipelines.cli
-import registry.cli
 from datastore import ShardyardError, StorageConfig, __version__
 
-__all__ = ["app", "main"]
+__all__ = ["SUBCOMMANDS", "app", "load_subcommand", "main"]
+
+# click's Command and HelpFormatter: typer's own copy of click in recent typer, click itself in
+# older ones; not named here.
+Command: TypeAlias = Any
+
+#: Each top-level command: the module and attribute of its Typer app (a group) or command
+#: function, and its one-line help for ``shardyard --help`` (tests check it against the real one).
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "tokenize": (
+        "pipelines.cli",
+        "tokenize_command",
+        "Tokenize SOURCE's text column and pack it into fixed-length rows of a Zarr token "
+        "dataset with per-row document boundaries.",
+    ),
+    "dataset": (
+        "datastore.cli",
+        "app",
+        "Inspect and verify datasets (local paths, file:// or s3:// URIs).",
+    ),
+    "ingest": (
+        "pipelines.cli",
+        "app",
+        "Ingest raw corpora (JSONL, Parquet, CSV, text; local or s3://) into a dataset.",
+    ),
+    "tokenizer": (
+        "pipelines.cli",
+        "tokenizer_app",
+        "Tokenizers: train a BPE vocabulary on a dataset.",
+    ),
+    "registry": (
+        "registry.cli",
+        "app",
+        "Versioned datasets, tokenizers, checkpoints and models.",
+    ),
+    "embed": (
+        "pipelines.rag_cli",
+        "embed_command",
+        "Chunk and embed SOURCE's documents into a Lance table with vector, full-text and "
+        "access-group indexes; documents already embedded are not recomputed.",
+    ),
+    "index": (
+        "pipelines.rag_cli",
+        "index_app",
+        "Vector indexes: search with access control, show what is served.",
+    ),
+}
+
+_SETTINGS: dict[str, Any] = {
+    # Plain (click) help: Rich takes 0.1-0.2 s to import; our errors are one line anyway.
+    "rich_markup_mode": None,
+    "pretty_exceptions_enable": False,
+}
+
+
+def load_subcommand(name: str) -> Command:
+    """The click command of top-level command ``name``, built as ``app.add_typer`` /
+    ``app.command`` would have (same settings as the root)."""
+    module, attribute, _ = SUBCOMMANDS[name]
+    target = getattr(importlib.import_module(module), attribute)
+    holder = typer.Typer(**_SETTINGS)
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+    else:
+        holder.command(name)(target)
+    return typer.main.get_group(holder).commands[name]
+
+
+class _LazyCommands(MutableMapping[str, Command]):
+    """A group's ``commands``: every name of :data:`SUBCOMMANDS` is a key; its value (and
+    module) is loaded on first access."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Command] = {}
+
+    def __getitem__(self, name: str) -> Command:
+        if name not in self._loaded:
+            if name not in SUBCOMMANDS:
+                raise KeyError(name)
+            self._loaded[name] = load_subcommand(name)
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: Command) -> None:
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from SUBCOMMANDS
+        yield from (n for n in self._loaded if n not in SUBCOMMANDS)
+
+    def __len__(self) -> int:
+        return len(SUBCOMMANDS) + sum(n not in SUBCOMMANDS for n in self._loaded)
+
+    def loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+
+class _LazyGroup(TyperGroup):
+    """The root group: sub-commands load on use (``get_command`` goes through
+    :class:`_LazyCommands`); listing and help need only their names and help lines."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        lazy = _LazyCommands()
+        lazy.update(self.commands)
+        self.commands = lazy
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        commands = self.commands
+        assert isinstance(commands, _LazyCommands)
+        limit = formatter.width - 6 - max(len(name) for name in commands)
+        rows = []
+        for name in commands:
+            if name in SUBCOMMANDS and not commands.loaded(name):
+                command: Command = TyperCommand(name=name, help=SUBCOMMANDS[name][2])
+            else:
+                command = commands[name]
+            if not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 app = typer.Typer(
+    cls=_LazyGroup,
     help="Shardyard: sharded datasets, pipelines, loaders and a registry for LLM training.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
+    **_SETTINGS,
 )
-app.add_typer(datastore.cli.app, name="dataset")
-app.add_typer(pipelines.cli.app, name="ingest")
-app.command("tokenize")(pipelines.cli.tokenize_command)
-app.add_typer(pipelines.cli.tokenizer_app, name="tokenizer")
-app.add_typer(registry.cli.app, name="registry")
 
 
 def _show_version(value: bool) -> None:
