@@ -94,6 +94,32 @@ def _register(
 
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary.")
 
+
+def _echo(quiet: bool, as_json: bool) -> Any:
+    """Where a job's progress lines go: stderr, unless --quiet or --json."""
+
+    def echo(msg: str) -> None:
+        if not quiet and not as_json:
+            typer.echo(msg, err=True)
+
+    return echo
+
+
+def print_report(
+    report: Any, registered: dict[str, Any] | None, as_json: bool, quiet: bool
+) -> None:
+    """A job's report: JSON (with what was registered) or its summary line."""
+    if as_json:
+        doc = report.to_dict()
+        if registered is not None:
+            doc["registered"] = registered
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+    elif not quiet:
+        typer.echo(report.summary())
+        if registered is not None:
+            typer.echo(f"registered {registered['ref']}")
+
+
 _SETS_HELP = (
     "Override any config key, e.g. --set filters.min_words=20 --set dedup.fuzzy.bands=16 "
     "(repeatable; applied after --config and the flags)."
@@ -203,15 +229,7 @@ def run(
 
     report = ingest(inputs, output, config, storage=storage_config(ctx), echo=echo)
     registered = _register(ctx, register, report, [], [], parent, registry, blobs, "ingest")
-    if as_json:
-        doc = report.to_dict()
-        if registered is not None:
-            doc["registered"] = registered
-        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
-    elif not quiet:
-        typer.echo(report.summary())
-        if registered is not None:
-            typer.echo(f"registered {registered['ref']}")
+    print_report(report, registered, as_json, quiet)
 
 
 def _parse_value(text: str) -> Any:
@@ -346,10 +364,7 @@ def tokenize_command(
             progress=not (quiet or as_json),
         ),
     )
-
-    def echo(msg: str) -> None:
-        if not quiet and not as_json:
-            typer.echo(msg, err=True)
+    echo = _echo(quiet, as_json)
 
     report = tokenize(source, output, config, storage=storage_config(ctx), echo=echo)
     registered = _register(
@@ -363,15 +378,7 @@ def tokenize_command(
         blobs,
         "tokenize",
     )
-    if as_json:
-        doc = report.to_dict()
-        if registered is not None:
-            doc["registered"] = registered
-        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
-    elif not quiet:
-        typer.echo(report.summary())
-        if registered is not None:
-            typer.echo(f"registered {registered['ref']}")
+    print_report(report, registered, as_json, quiet)
 
 
 tokenizer_app = typer.Typer(help="Tokenizers: train a BPE vocabulary on a dataset.")

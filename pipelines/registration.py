@@ -74,3 +74,59 @@ def _same_as_newest(reg: Any, name: str, output: tuple[str, int]) -> str | None:
         if same and same[0].number == newest[0].number:
             return str(newest[0].ref)
     return None
+
+
+def register_index(
+    name: str,
+    report: Any,
+    *,
+    parents: Iterable[str] = (),
+    registry: str | None = None,
+    blobs: str | None = None,
+    config: StorageConfig | None = None,
+) -> tuple[str, list[str]]:
+    """Register an embed job's table version (``report``: an EmbedReport) as a
+    ``vector-index`` version of ``name`` pinned to that table version, with lineage to the
+    registered source dataset version and the registered embedding model (matched by the
+    sha256 of its weights file); the table version is tagged so cleanup keeps it."""
+    from pipelines.embedder import resolve_model, weights_sha256
+    from pipelines.vectors import open_db, split_table_uri
+    from registry.registry import Registry
+
+    reg = Registry(registry, blobs, config=config)
+    try:
+        found = [str(p) for p in parents]
+        found += [str(v.ref) for v in reg.find(dataset=(report.source_uri, report.source_version))]
+        weights = weights_sha256(resolve_model(report.model))
+        if weights is not None:
+            found += [str(v.ref) for v in reg.find(sha256=weights)]
+        unique = list(dict.fromkeys(found))
+        output = (report.table_uri, report.table_version)
+        again = _same_as_newest(reg, name, output)
+        if again is not None:
+            return again, unique
+        ref = split_table_uri(report.table_uri)
+        table = open_db(ref.db, config).open_table(ref.name)
+        tag = f"pin-v{report.table_version}"
+        if tag not in table.tags.list():
+            table.tags.create(tag, report.table_version)
+        new = reg.register(
+            name,
+            kind="vector-index",
+            dataset=output,
+            parents=unique,
+            metadata={
+                "job": "embed",
+                "job_id": report.job_id,
+                "model": report.model,
+                "model_digest": report.model_digest,
+                "model_weights_sha256": weights,
+                "dim": report.dim,
+                "chunks": report.chunks_total,
+                "index": report.index,
+                "table_tag": tag,
+            },
+        )
+        return str(new.ref), unique
+    finally:
+        reg.close()

@@ -126,7 +126,9 @@ def _plan(tensors: Mapping[str, torch.Tensor], shard_bytes: int) -> list[list[st
     return shards
 
 
-def _layout(tensors: Mapping[str, torch.Tensor], names: Sequence[str]) -> tuple[bytes, dict[str, list[int]]]:
+def _layout(
+    tensors: Mapping[str, torch.Tensor], names: Sequence[str]
+) -> tuple[bytes, dict[str, list[int]]]:
     """The safetensors header (length prefix and padding included) and each tensor's byte
     range in the data section; wider dtypes first, so every tensor is aligned in memory."""
     order = sorted(names, key=lambda n: (-tensors[n].element_size(), n))
