@@ -24,12 +24,14 @@ def dask_client(
     execution: ExecutionConfig,
     echo: Callable[[str], None],
     worker_env: dict[str, str] | None = None,
+    pre_spawn: dict[str, str | None] | None = None,
 ) -> Iterator[Any]:
     """A ``distributed.Client``: to ``execution.scheduler`` (or ``DASK_SCHEDULER_ADDRESS``)
     when set, else to a LocalCluster with one single-threaded worker process per core (or
     ``execution.workers``) sharing 80% of the machine's memory. ``echo`` gets the dashboard
     link. ``worker_env`` is added to the LocalCluster worker processes' environment (an
-    existing cluster's workers keep theirs)."""
+    existing cluster's workers keep theirs); ``pre_spawn`` overrides Dask's
+    ``distributed.nanny.pre-spawn-environ`` (None removes a variable)."""
     from distributed import Client, LocalCluster
 
     # distributed sets its loggers to INFO on import; follow the application's level instead
@@ -60,15 +62,27 @@ def dask_client(
     extra: dict[str, Any] = {}
     if worker_env and execution.processes:
         extra["env"] = dict(worker_env)
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=execution.processes,
-        memory_limit=memory,
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-        **extra,
-    )
+    import dask
+
+    # Variables the nanny sets before it spawns a worker (read by the C runtime at start-up,
+    # so they cannot go through ``env``); a None value removes one of Dask's defaults.
+    before = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in (pre_spawn or {}).items()}
+    # The nanny also copies them into this process's environment, which children inherit: a
+    # variable removed here must leave it too (an earlier cluster in this process set it).
+    saved = {
+        k: os.environ.pop(k) for k, v in (pre_spawn or {}).items() if v is None and k in os.environ
+    }
+    with dask.config.set(before):
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=execution.processes,
+            memory_limit=memory,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+            **extra,
+        )
+    os.environ.update(saved)
     try:
         client = Client(cluster)
         try:

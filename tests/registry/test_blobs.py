@@ -31,3 +31,35 @@ def test_register_and_download_on_every_backend(
     reg.blobs.store.put(reg.blobs.key(small.sha256), b"jello")  # same size, other bytes
     with pytest.raises(Corrupt, match="does not match its checksum"):
         reg.download("m:1", tmp_path / "again")
+
+
+def test_large_blobs_stream_to_disk_verified(
+    root_uri: str,
+    storage: StorageConfig | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above STREAM_ABOVE a download goes window by window through a temporary file: same
+    bytes, same checks (a same-size substitute and a longer object are both refused, and
+    nothing is left at the destination)."""
+    from registry.blobs import BlobStore
+
+    monkeypatch.setattr(BlobStore, "STREAM_ABOVE", 1 << 20)
+    monkeypatch.setattr(BlobStore, "_WINDOW", 300_000)
+    reg = Registry(str(tmp_path / "r.db"), root_uri, config=storage)
+    src = tmp_path / "w.bin"
+    src.write_bytes(os.urandom(3_000_001))
+    v = reg.register("m", [src], kind="model")
+    out = reg.download("m:1", tmp_path / "out")
+    assert (out / "w.bin").read_bytes() == src.read_bytes()
+    key = reg.blobs.key(v.files[0].sha256)
+    data = bytearray(src.read_bytes())
+    data[2_000_000] ^= 1
+    reg.blobs.store.put(key, bytes(data))
+    with pytest.raises(Corrupt, match="does not match its checksum"):
+        reg.download("m:1", tmp_path / "bad")
+    assert not (tmp_path / "bad" / "w.bin").exists()
+    assert [p.name for p in (tmp_path / "bad").iterdir()] == [], "no temporary left"
+    reg.blobs.store.put(key, src.read_bytes() + b"tail")
+    with pytest.raises(Corrupt):
+        reg.download("m:1", tmp_path / "long")
