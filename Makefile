@@ -82,6 +82,8 @@ bench: $(VENV)/.all benchmarks/.peers/.done benchmarks/.mlflow/.done
 	$(PY) benchmarks/bench_tokenize.py
 	$(PY) benchmarks/bench_loaders.py
 	$(PY) benchmarks/bench_registry.py
+	$(PY) benchmarks/bench_checkpoints.py --s3
+	$(PY) benchmarks/bench_retrieval.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache

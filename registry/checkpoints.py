@@ -10,11 +10,11 @@ tensors all match the previous version's (same names, dtypes, shapes and checksu
 written at all: the new version points at the stored blob, so a checkpoint that changed only
 some tensors stores only the shards holding them. The files are plain safetensors.
 
-``load`` reads each shard once into memory (in place from a local blob store; downloaded and
-checked against its sha256 from S3), checks the header against the manifest and every tensor
-against its own checksum before handing it out, so a corrupted or substituted shard is caught
-per tensor, which neither ``torch.save``, safetensors nor DCP do. The tensors of one shard
-share its buffer (no copy).
+``load`` maps each shard of a local blob store copy-on-write (downloads it, checked against
+its sha256, from S3), checks the header against the manifest and every tensor against its own
+checksum before handing it out (reading every byte once), so a corrupted or substituted shard
+is caught per tensor, which neither ``torch.save``, safetensors nor DCP do. The tensors of one
+shard share its buffer (no copy).
 
 ``dcp_save`` / ``dcp_load`` put ``torch.distributed.checkpoint`` checkpoints (any sharding) in
 the same registry storage: DCP writes to a staging directory the ranks share, rank 0 registers
@@ -89,13 +89,9 @@ def _xxh3(view: memoryview) -> str:
     return xxhash.xxh3_128_hexdigest(view)
 
 
-def _snapshot(state_dict: Mapping[str, Any], copy: bool = True) -> dict[str, torch.Tensor]:
-    """The tensors in host memory, contiguous; ``copy``: always copies (the caller may update
-    the tensors as soon as this returns), else only what is not already so (a synchronous
-    save holds the caller until it is done)."""
+def _check_entries(state_dict: Mapping[str, Any]) -> None:
     import torch
 
-    out: dict[str, torch.Tensor] = {}
     for name, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             raise InvalidInput(
@@ -107,8 +103,39 @@ def _snapshot(state_dict: Mapping[str, Any], copy: bool = True) -> dict[str, tor
                 f"state_dict entry {name!r} has dtype {value.dtype}, which safetensors cannot "
                 f"store (one of {', '.join(_CODES)})"
             )
-        out[name] = value.detach().to("cpu", copy=copy).contiguous()
-    return out
+
+
+def _host(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors in host memory, contiguous, copied only when they are not (a synchronous
+    save holds the caller until it is done)."""
+    _check_entries(state_dict)
+    return {n: v.detach().to("cpu").contiguous() for n, v in state_dict.items()}
+
+
+def _snapshot(
+    state_dict: Mapping[str, Any], arena: torch.Tensor | None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Copies of the tensors in one host buffer (the caller may update its tensors as soon as
+    this returns): ``arena``, a previous snapshot's buffer, when it is large enough, so a
+    training loop that saves every N steps does not pay fresh pages (page faults cost more
+    than the copy) each time. Returns (copies, the buffer)."""
+    import torch
+
+    _check_entries(state_dict)
+    offsets = {}
+    total = 0
+    for name, value in state_dict.items():
+        offsets[name] = total
+        total += -(-value.numel() * value.element_size() // 64) * 64  # 64-byte aligned
+    if arena is None or arena.numel() < total:
+        arena = torch.empty(total, dtype=torch.uint8)
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state_dict.items():
+        nbytes = value.numel() * value.element_size()
+        view = arena[offsets[name] : offsets[name] + nbytes].view(value.dtype).view(value.shape)
+        view.copy_(value.detach())
+        out[name] = view
+    return out, arena
 
 
 def _plan(tensors: Mapping[str, torch.Tensor], shard_bytes: int) -> list[list[str]]:
@@ -269,6 +296,7 @@ def _write(
             checksums = dict(zip(names, sums, strict=True))
     staged: list[Staged] = []
     remote: list[tuple[str, list[str]]] = []
+    local: list[tuple[str, list[str], Path]] = []
     entries: dict[str, Any] = {}
     shards: dict[str, Any] = {}
     try:
@@ -287,12 +315,24 @@ def _write(
                 sha, size, offsets = "", 0, _layout(tensors, names)[1]  # filled in below
                 remote.append((file, names))
                 staged.append(Staged(file, sha, size))
-            else:
-                dest = registry.blobs.staging_file()
-                sha, size, offsets = _write_shard(tensors, names, dest, checksums)
-                staged.append(Staged(file, sha, size, source=dest, owned=True))
+            else:  # written below, two shards at a time
+                sha, size, offsets = "", 0, _layout(tensors, names)[1]
+                local.append((file, names, registry.blobs.staging_file()))
+                staged.append(Staged(file, sha, size))
             shards[file] = {"sha256": sha, "size": size}
             entries.update({n: {"offsets": offsets[n]} for n in names})
+        if local:  # each shard: one thread writes, another hashes; two shards keep 2 cores busy
+            with ThreadPoolExecutor(2, thread_name_prefix="shardyard-shard") as pool:
+                written = list(
+                    pool.map(lambda job: _write_shard(tensors, job[1], job[2], checksums), local)
+                )
+            done_local = {
+                file: Staged(file, sha, size, source=path, owned=True)
+                for (file, _, path), (sha, size, _) in zip(local, written, strict=True)
+            }
+            staged = [done_local.get(s.path, s) for s in staged]
+            for file, st in done_local.items():
+                shards[file] = {"sha256": st.sha256, "size": st.size}
         if remote:  # shards hashed two at a time (both cores), uploaded by the registration
             with ThreadPoolExecutor(2, thread_name_prefix="shardyard-hash") as pool:
                 hashed = list(pool.map(lambda fn: _hash_shard(tensors, fn[1], checksums), remote))
@@ -325,6 +365,8 @@ def _write(
         for s in staged:
             if s.source is not None:
                 s.source.unlink(missing_ok=True)
+        for _, _, dest in local:
+            dest.unlink(missing_ok=True)
         raise
     return staged
 
@@ -345,7 +387,7 @@ def save(
     (:func:`latest` resumes from the highest)."""
     return _save(
         registry,
-        _snapshot(state_dict, copy=False),
+        _host(state_dict),
         name,
         step,
         metrics,
@@ -401,19 +443,35 @@ def save_async(
     name: str,
     **kwargs: Any,
 ) -> SaveHandle:
-    """Like :func:`save`, but returns once the tensors are copied to host memory; the
+    """Like :func:`save`, but returns once the tensors are copied to host memory (into the
+    buffer of an earlier snapshot whose save has finished, when one is free); the
     serialisation and upload run on a background thread."""
     unknown = set(kwargs) - {"step", "metrics", "parents", "metadata", "shard_bytes", "kind"}
     if unknown:
         raise InvalidInput(f"save_async got unknown arguments: {', '.join(sorted(unknown))}")
-    tensors = _snapshot(state_dict)
+    with _POOLS_LOCK:
+        arenas = _ARENAS.setdefault(id(registry), [])
+        arena = arenas.pop() if arenas else None
+    try:
+        tensors, arena = _snapshot(state_dict, arena)
+    except BaseException:
+        if arena is not None:
+            _give_back(registry, arena)
+        raise
     # one writer per registry object: saves register in the order they were asked for
     with _POOLS_LOCK:
         pool = _POOLS.get(id(registry))
         if pool is None:
             pool = _POOLS[id(registry)] = ThreadPoolExecutor(1, thread_name_prefix="shardyard-save")
+
+    def run(*args: Any) -> Version:
+        try:
+            return _save(*args)
+        finally:
+            _give_back(registry, arena)  # the bytes are stored (or the save failed): reusable
+
     future = pool.submit(
-        _save,
+        run,
         registry,
         tensors,
         name,
@@ -428,7 +486,15 @@ def save_async(
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+_ARENAS: dict[int, list[torch.Tensor]] = {}  # snapshot buffers free for the next save_async
 _POOLS_LOCK = threading.Lock()
+
+
+def _give_back(registry: Registry, arena: torch.Tensor) -> None:
+    with _POOLS_LOCK:
+        free = _ARENAS.setdefault(id(registry), [])
+        if len(free) < 2:  # keep at most two snapshots' memory around
+            free.append(arena)
 
 
 def load(
@@ -456,9 +522,12 @@ def load(
         if file not in files:
             raise Corrupt(f"{version.ref}: {MANIFEST} lists shard {file}, which it does not hold")
 
+    # A downloaded blob was checked against its sha256 whole: its tensors need no second hash.
+    verify = registry.blobs.is_local
+
     def shard(item: tuple[str, list[str]]) -> list[tuple[str, torch.Tensor]]:
         buf = _read_blob(registry.blobs, files[item[0]])
-        return _tensors(version, item[0], buf, item[1], manifest["tensors"])
+        return _tensors(version, item[0], buf, item[1], manifest["tensors"], verify)
 
     out: dict[str, torch.Tensor] = {}
     # two shards at a time: reads and checksums release the GIL
@@ -486,32 +555,30 @@ def _manifest(blobs: BlobStore, version: Version) -> dict[str, Any]:
 
 
 def _read_blob(blobs: BlobStore, entry: FileEntry) -> torch.Tensor:
-    """The blob's bytes in one writable uint8 tensor: read in place from a local blob store
-    (the per-tensor checksums verify it), downloaded and checked against its sha256 else."""
+    """The blob's bytes as one writable uint8 tensor: a copy-on-write memory map of the file
+    in a local blob store (pages are read as the checksums touch them, and shared with the
+    page cache until written; blobs are immutable, and a deleted file stays readable while
+    mapped), downloaded and checked against its sha256 otherwise."""
     import numpy as np
     import torch
 
-    buf = torch.empty(entry.size, dtype=torch.uint8)
-    view = buf.numpy().data.cast("B")
     path = blobs.local_path(entry.sha256)
     if path is not None:
         try:
-            with open(path, "rb", buffering=0) as f:
-                got = 0
-                while got < entry.size and (n := f.readinto(view[got:])):
-                    got += n
-                extra = f.read(1)
+            size = path.stat().st_size
         except FileNotFoundError:
             raise NotFound(
                 f"blob {entry.sha256} ({entry.path}) is missing from {blobs.uri} (deleted "
                 "outside the registry?)"
             ) from None
-        if got != entry.size or extra:
+        if size != entry.size:
             raise Corrupt(
-                f"blob {path} ({entry.path}) is not the {entry.size} bytes registered: the "
-                "blob store was damaged"
+                f"blob {path} ({entry.path}) is {size} bytes, not the {entry.size} registered: "
+                "the blob store was damaged"
             )
-        return buf
+        if size == 0:
+            return torch.empty(0, dtype=torch.uint8)
+        return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", shape=(size,)))
     data = blobs.store.read_buffer(blobs.key(entry.sha256), entry.size)
     arr = np.frombuffer(data, dtype=np.uint8)
     if len(arr) != entry.size or hashlib.sha256(arr.data).hexdigest() != entry.sha256:
@@ -519,6 +586,9 @@ def _read_blob(blobs: BlobStore, entry: FileEntry) -> torch.Tensor:
             f"blob {blobs.store.uri_of(blobs.key(entry.sha256))} ({entry.path}) does not "
             "match its checksum"
         )
+    if data.is_mutable:  # the parallel download's own buffer: no copy
+        return torch.frombuffer(data, dtype=torch.uint8)
+    buf = torch.empty(entry.size, dtype=torch.uint8)
     np.copyto(buf.numpy(), arr)
     return buf
 
@@ -529,9 +599,10 @@ def _tensors(
     buf: torch.Tensor,
     names: Sequence[str],
     entries: Mapping[str, Any],
+    verify: bool = True,
 ) -> list[tuple[str, torch.Tensor]]:
-    """The tensors ``names`` of shard ``file``, each checked against the header and its
-    checksum; views of ``buf``."""
+    """The tensors ``names`` of shard ``file``, each checked against the header and (when
+    ``verify``) its checksum; views of ``buf``."""
     import torch
 
     def bad(what: str) -> Corrupt:
@@ -560,7 +631,7 @@ def _tensors(
         ):
             raise bad(repr(name))
         piece = buf[base + a : base + b]
-        if _xxh3(piece.numpy().data.cast("B")) != e["xxh3_128"]:
+        if verify and _xxh3(piece.numpy().data.cast("B")) != e["xxh3_128"]:
             raise bad(repr(name))
         out.append((name, piece.view(getattr(torch, e["dtype"])).reshape(e["shape"])))
     return out
