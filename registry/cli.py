@@ -30,25 +30,45 @@ alias_app = typer.Typer(help="Move and inspect aliases.", no_args_is_help=True)
 app.add_typer(alias_app, name="alias")
 
 RegistryOpt = typer.Option(
-    None, "--registry", help="Registry database: path (SQLite) or postgresql:// URL."
+    None,
+    "--registry",
+    help="Registry database: path (SQLite) or postgresql:// URL; or a server's http(s):// URL.",
 )
 BlobsOpt = typer.Option(None, "--blobs", help="Blob store: directory or s3:// URI.")
 
 
 def _open(ctx: typer.Context, db: str | None, blobs: str | None) -> Registry:
+    """The registry at ``db``: a database, or a server URL (``http(s)://``) used with the
+    token in ``--token`` / ``SHARDYARD_TOKEN``."""
+    import os
+
+    location = db or os.environ.get("SHARDYARD_REGISTRY") or ""
+    if location.startswith(("http://", "https://")):
+        from registry.remote import RemoteRegistry
+
+        token = ctx.find_root().meta.get("shardyard_token") or os.environ.get("SHARDYARD_TOKEN")
+        return RemoteRegistry(location, token)  # type: ignore[return-value]
     from registry.registry import Registry
 
     return Registry(db, blobs, config=storage_config(ctx))
 
 
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    token: str | None = typer.Option(
+        None, "--token", help="API token for a registry server (else SHARDYARD_TOKEN)."
+    ),
+) -> None:
+    """Versioned datasets, tokenizers, checkpoints and models."""
+    if token:
+        ctx.find_root().meta["shardyard_token"] = token
+
+
 def _pairs(items: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"{what} {item!r}: write it as key=value")
-        out[key] = value
-    return out
+    from registry.refs import parse_pairs
+
+    return parse_pairs(items, what)
 
 
 def _when(ts: float) -> str:

@@ -63,6 +63,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from datastore.errors import InvalidInput, ShardyardError
+from registry import audit
 from registry import schema as t
 from registry.blobs import BlobStore, Staged
 
@@ -307,6 +308,7 @@ def _delete(registry: Registry, sha: str, marked_at: float) -> bool:
             return False  # dropped as stale, taken over, or we were too slow: next run
         registry.blobs.delete(sha)
         conn.execute(delete(t.gc_marks).where(t.gc_marks.c.sha256 == sha))
+        audit.append(conn, registry.actor, "gc.delete", f"blob:{sha}", {})
     return True
 
 

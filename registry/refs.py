@@ -11,6 +11,7 @@ or digit, at most 128 characters per component.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from datastore.errors import InvalidInput
@@ -22,6 +23,7 @@ __all__ = [
     "check_alias",
     "check_name",
     "check_namespace",
+    "parse_pairs",
     "parse_ref",
 ]
 
@@ -116,3 +118,14 @@ def check_namespace(namespace: str) -> str:
     for part in namespace.split("/"):
         check_name(part, "namespace component")
     return namespace
+
+
+def parse_pairs(items: Iterable[str], what: str) -> dict[str, str]:
+    """``key=value`` strings (tags, upstream tags) as a dict; InvalidInput naming a bad one."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"{what} {item!r}: write it as key=value")
+        out[key] = value
+    return out

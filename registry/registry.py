@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from datastore import StorageConfig
 from datastore.errors import InvalidInput, NotFound
+from registry import audit
 from registry import gc as gcp
 from registry import schema as t
 from registry.blobs import BlobStore, Staged, sha256_file
@@ -72,7 +73,7 @@ class Version:
     dataset_version: int | None = None
     revoked_at: float | None = None
     aliases: tuple[str, ...] = ()
-    id: int = 0
+    id: int = field(default=0, compare=False)  # database row id (not part of equality)
 
     @property
     def ref(self) -> Ref:
@@ -99,8 +100,31 @@ class Version:
                 else None
             ),
             "revoked": self.revoked_at is not None,
+            "revoked_at": self.revoked_at,
             "aliases": list(self.aliases),
         }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Version:
+        """Inverse of :meth:`to_dict` (what the server sends)."""
+        dataset = doc.get("dataset") or {}
+        return cls(
+            namespace=doc["namespace"],
+            name=doc["name"],
+            number=int(doc["version"]),
+            kind=doc["kind"],
+            digest=doc["digest"],
+            created_at=float(doc["created_at"]),
+            created_by=doc["created_by"],
+            files=tuple(FileEntry(**f) for f in doc.get("files", [])),
+            tags=dict(doc.get("tags", {})),
+            metrics={k: float(v) for k, v in doc.get("metrics", {}).items()},
+            metadata=dict(doc.get("metadata", {})),
+            dataset_uri=dataset.get("uri"),
+            dataset_version=dataset.get("version"),
+            revoked_at=doc.get("revoked_at"),
+            aliases=tuple(doc.get("aliases", [])),
+        )
 
 
 def _digest(files: Sequence[FileEntry], dataset: tuple[str, int] | None) -> str:
@@ -300,6 +324,19 @@ class Registry:
                             ],
                         )
                     gcp.drop_claims(conn, holder)  # committed with the rows referencing them
+                    audit.append(
+                        conn,
+                        self.actor,
+                        "register",
+                        str(ref.at(number)),
+                        {
+                            "kind": kind,
+                            "digest": digest,
+                            "files": len(entries),
+                            "dataset": list(dataset) if dataset else None,
+                            "parents": [str(p) for p in parent_refs],
+                        },
+                    )
                 break
             except DBAPIError as err:
                 if attempt == 19 or not _retryable(err):
@@ -325,6 +362,7 @@ class Registry:
                 with self.engine.begin() as conn:
                     row = self._version_row(conn, target)
                     self._move_alias(conn, row["artifact_id"], alias, row["id"])
+                    self._audit_alias(conn, target, alias, row["number"], "alias")
                 break
             except DBAPIError as err:  # another writer created the alias first: move it now
                 if attempt == 19 or not _retryable(err):
@@ -350,6 +388,12 @@ class Registry:
                 artifact_id=artifact, alias=alias, version_id=version, at=now, actor=self.actor
             )
         )
+
+    def _audit_alias(
+        self, conn: Connection, ref: Ref, alias: str, number: int, action: str
+    ) -> None:
+        target = Ref(ref.namespace, ref.name, alias=alias)
+        audit.append(conn, self.actor, action, str(target), {"version": number})
 
     def _artifact_for_write(self, conn: Connection, ref: Ref, kind: str) -> int:
         check_namespace(ref.namespace)
@@ -518,7 +562,22 @@ class Registry:
             if root.resolve() not in target.parents:
                 raise InvalidInput(f"{version.ref}: file path {f.path!r} escapes {root}")
             self.blobs.get_to_file(f.sha256, f.size, target)
+        self.record("download", str(version.ref), {"files": len(version.files)})
         return version, root
+
+    def acting_as(self, actor: str) -> Registry:
+        """This registry (same engine and blob store) recording ``actor`` in the audit trail
+        and alias history: the server's view for one request."""
+        import copy
+
+        view = copy.copy(self)
+        view.actor = actor
+        return view
+
+    def record(self, action: str, target: str, detail: Mapping[str, Any] | None = None) -> None:
+        """Add an audit record for something done outside a registry transaction (a
+        download, a search, a served request)."""
+        self._retrying(lambda conn: audit.append(conn, self.actor, action, target, detail))
 
     def find(
         self,
@@ -589,6 +648,7 @@ class Registry:
         ).first()
         if exists is None:
             conn.execute(insert(t.edges).values(parent_id=p, child_id=c, relation=relation))
+            audit.append(conn, self.actor, "link", child, {"parent": parent, "relation": relation})
 
     def lineage(
         self, ref: str, direction: Direction = "upstream", depth: int | None = None
@@ -650,6 +710,8 @@ class Registry:
             # one lock order for every writer: concurrent releases cannot deadlock
             for row in sorted(rows, key=lambda r: r["artifact_id"]):
                 self._move_alias(conn, row["artifact_id"], alias, row["id"])
+            for p, row in zip(parsed, rows, strict=True):
+                self._audit_alias(conn, p, alias, row["number"], "release")
             return rows
 
         rows = self._retrying(move)
@@ -671,6 +733,9 @@ class Registry:
                 update(t.versions)
                 .where(t.versions.c.id == row["id"])
                 .values(revoked_at=time.time(), revoked_reason=reason)
+            )
+            audit.append(
+                conn, self.actor, "revoke", str(parsed.at(row["number"])), {"reason": reason}
             )
         return self.resolve(parsed.at(row["number"]))
 

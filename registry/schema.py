@@ -14,6 +14,9 @@ Tables and why they look the way they do:
 * ``blob_claims`` / ``gc_marks``: the garbage collector's handshake with registrations (a
   registration's claim on the blobs it is about to upload or reuse; GC's intent to delete a
   blob): see :mod:`registry.gc`.
+* ``tokens``: API tokens of the server (only a sha256 of each secret), scoped to a namespace
+  with a role, expiring and revocable: see :mod:`registry.tokens`.
+* ``audit``: the append-only, hash-chained record of who did what: see :mod:`registry.audit`.
 
 Times are UNIX seconds (float) so that both backends order and compare them alike.
 """
@@ -38,6 +41,7 @@ __all__ = [
     "alias_events",
     "aliases",
     "artifacts",
+    "audit",
     "blob_claims",
     "edges",
     "files",
@@ -46,6 +50,7 @@ __all__ = [
     "metrics",
     "settings",
     "tags",
+    "tokens",
     "versions",
 ]
 
@@ -159,4 +164,36 @@ settings = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# -- governance: API tokens and the audit trail (migration 0004) ---------------------------
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("namespace", String(512), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Column("note", Text, nullable=False, default=""),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(1024), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_at", "at"),
+    Index("ix_audit_actor", "actor"),
+    Index("ix_audit_target", "target"),
 )

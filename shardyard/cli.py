@@ -54,6 +54,22 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "app",
         "Versioned datasets, tokenizers, checkpoints and models.",
     ),
+    "serve": (
+        "registry.governance_cli",
+        "serve_command",
+        "Serve the registry over HTTP: every request needs an API token (shardyard token "
+        "create); the OpenAPI description is at /openapi.json.",
+    ),
+    "token": (
+        "registry.governance_cli",
+        "token_app",
+        "API tokens of the registry server.",
+    ),
+    "audit": (
+        "registry.governance_cli",
+        "audit_app",
+        "The registry's hash-chained audit trail.",
+    ),
     "embed": (
         "pipelines.rag_cli",
         "embed_command",

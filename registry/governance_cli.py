@@ -1,0 +1,199 @@
+"""``shardyard token ...`` (API tokens) and ``shardyard audit ...`` (the audit trail).
+
+Run against the registry database (``--registry``: a path or ``postgresql://`` URL, default as
+for ``shardyard registry``): whoever can open the database is the operator and may do
+everything; the server's clients manage tokens through the server with an admin token.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import typer
+
+from datastore.cli import JsonOpt
+from datastore.errors import InvalidInput
+
+__all__ = ["audit_app", "serve_command", "token_app"]
+
+token_app = typer.Typer(help="API tokens of the registry server.", no_args_is_help=True)
+audit_app = typer.Typer(help="The registry's hash-chained audit trail.", no_args_is_help=True)
+
+RegistryOpt = typer.Option(
+    None, "--registry", help="Registry database: path (SQLite) or postgresql:// URL."
+)
+
+
+def _engine(db: str | None) -> Any:
+    import os
+
+    from registry.db import open_engine
+    from registry.registry import default_home
+
+    location = db or os.environ.get("SHARDYARD_REGISTRY") or str(default_home() / "registry.db")
+    return open_engine(location)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@token_app.command("create")
+def token_create(
+    namespace: str = typer.Option(..., "--namespace", "-n", help="Scope ('*': every one)."),
+    role: str = typer.Option(..., "--role", "-r", help="reader, writer or admin."),
+    expires: str | None = typer.Option(None, "--expires", help="Lifetime, e.g. 30d, 12h."),
+    note: str = typer.Option("", "--note", help="What the token is for."),
+    db: str | None = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a token; its secret is printed once (store it: only a hash is kept)."""
+    from registry.tokens import create_token, parse_duration
+
+    lifetime = parse_duration(expires) if expires else None
+    secret, info = create_token(_engine(db), namespace, role, expires_in=lifetime, note=note)
+    if as_json:
+        typer.echo(json.dumps({"token": secret, **info.to_dict()}, indent=2, sort_keys=True))
+        return
+    typer.echo(secret)
+    typer.echo(
+        f"id {info.id}, {info.role} in {info.namespace!r}, expires {_when(info.expires_at)}",
+        err=True,
+    )
+
+
+@token_app.command("list")
+def token_list(db: str | None = RegistryOpt, as_json: bool = JsonOpt) -> None:
+    """Every token (never its secret)."""
+    from registry.tokens import list_tokens
+
+    found = list_tokens(_engine(db))
+    if as_json:
+        typer.echo(json.dumps([i.to_dict() for i in found], indent=2, sort_keys=True))
+        return
+    for i in found:
+        state = "revoked" if i.revoked_at else "active"
+        typer.echo(
+            f"{i.id}  {i.role:<6}  {i.namespace:<24}  {state:<7}  expires {_when(i.expires_at)}"
+            f"  {i.note}"
+        )
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: str = typer.Argument(..., help="The token's id."), db: str | None = RegistryOpt
+) -> None:
+    """Revoke a token: its next request is refused."""
+    from registry.tokens import revoke_token
+
+    info = revoke_token(_engine(db), token_id)
+    typer.echo(f"revoked {info.id} ({info.role} in {info.namespace!r})")
+
+
+@audit_app.command("verify")
+def audit_verify(db: str | None = RegistryOpt, as_json: bool = JsonOpt) -> None:
+    """Check the chain: exits 1 naming every record edited, inserted or removed."""
+    from registry.audit import head, verify
+
+    engine = _engine(db)
+    count, problems = verify(engine)
+    seq, digest = head(engine)
+    if as_json:
+        doc = {
+            "records": count,
+            "ok": not problems,
+            "problems": [{"seq": p.seq, "what": p.what} for p in problems],
+            "head": {"seq": seq, "hash": digest},
+        }
+        typer.echo(json.dumps(doc, indent=2))
+    elif problems:
+        for p in problems:
+            typer.echo(f"audit: {p}", err=True)
+    else:
+        typer.echo(f"audit trail intact: {count} records, head {seq} {digest}")
+    if problems:
+        raise typer.Exit(1)
+
+
+@audit_app.command("log")
+def audit_log(
+    since: str | None = typer.Option(
+        None, "--since", help="ISO date/time (UTC) or a duration back from now (e.g. 7d)."
+    ),
+    actor: str | None = typer.Option(None, "--actor", help="Only this actor."),
+    artifact: str | None = typer.Option(
+        None, "--artifact", help="Only this artifact (ns/name) or reference."
+    ),
+    action: str | None = typer.Option(None, "--action", help="register, alias, download..."),
+    limit: int | None = typer.Option(None, "--limit", help="At most this many records."),
+    db: str | None = RegistryOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Query the audit trail, oldest first."""
+    from registry.audit import records
+    from registry.refs import parse_ref
+
+    target = None
+    if artifact is not None:
+        ref = parse_ref(artifact)
+        target = str(ref) if (ref.version or ref.alias) else ref.artifact
+    found = records(
+        _engine(db),
+        since=_since(since),
+        actor=actor,
+        target=target,
+        action=action,
+        limit=limit,
+    )
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in found], indent=2, sort_keys=True))
+        return
+    for r in found:
+        detail = json.dumps(r.detail, sort_keys=True) if r.detail else ""
+        typer.echo(
+            f"{r.seq:>6}  {_when(r.at)}  {r.actor:<20}  {r.action:<12}  {r.target}  {detail}"
+        )
+
+
+def _since(text: str | None) -> float | None:
+    if text is None:
+        return None
+    import time
+
+    from registry.tokens import parse_duration
+
+    try:
+        return time.time() - parse_duration(text)
+    except InvalidInput:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(
+            f"--since {text!r}: an ISO date/time (2026-11-28T10:00) or a duration (7d)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def serve_command(
+    ctx: typer.Context,
+    db: str | None = RegistryOpt,
+    blobs: str | None = typer.Option(None, "--blobs", help="Blob store: directory or s3:// URI."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8765, "--port", help="Port to listen on."),
+) -> None:
+    """Serve the registry over HTTP: every request needs an API token (shardyard token
+    create); the OpenAPI description is at /openapi.json."""
+    from datastore.cli import storage_config
+    from registry.server import serve
+
+    typer.echo(
+        f"shardyard registry server on http://{host}:{port} (OpenAPI: /openapi.json)", err=True
+    )
+    serve(db, blobs, host, port, config=storage_config(ctx))

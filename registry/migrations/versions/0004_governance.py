@@ -1,0 +1,50 @@
+"""Governance: API tokens (hashed secrets, namespace scope, role, expiry, revocation) and the
+hash-chained audit trail.
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "tokens",
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("secret_sha256", sa.String(64), nullable=False),
+        sa.Column("namespace", sa.String(512), nullable=False),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("created_by", sa.String(256), nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=True),
+        sa.Column("revoked_at", sa.Float, nullable=True),
+        sa.Column("note", sa.Text, nullable=False),
+    )
+    op.create_table(
+        "audit",
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("at", sa.Float, nullable=False),
+        sa.Column("actor", sa.String(256), nullable=False),
+        sa.Column("action", sa.String(64), nullable=False),
+        sa.Column("target", sa.String(1024), nullable=False),
+        sa.Column("detail", sa.Text, nullable=False),
+        sa.Column("prev", sa.String(64), nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+    )
+    op.create_index("ix_audit_at", "audit", ["at"])
+    op.create_index("ix_audit_actor", "audit", ["actor"])
+    op.create_index("ix_audit_target", "audit", ["target"])
+
+
+def downgrade() -> None:
+    op.drop_table("audit")
+    op.drop_table("tokens")

@@ -1,0 +1,429 @@
+"""The registry as an HTTP service (``shardyard serve``): FastAPI over the SQL metadata store,
+every endpoint behind an API token (:mod:`registry.tokens`) and its namespace role.
+
+Blobs never travel with a bearer token: after the role check the server hands out short-lived
+signed URLs (HMAC over method, blob, size and expiry with a key of this server process), to an
+S3 presigned GET when the blob store is ``s3://`` and to its own ``/v1/blobs`` endpoint
+otherwise; an upload URL is for one blob of one size, and the server checks the sha256 while it
+stores it. Clients therefore need no bucket credentials. Every change, download and token
+operation is written to the audit trail with the token as actor.
+
+Errors are JSON ``{"error": KIND, "message": ...}`` with 400 (bad input), 401 (no, unknown,
+expired or revoked token), 403 (role or namespace), 404, 409, 413 (request too large) and 422
+(checksum mismatch); the OpenAPI description is at ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from pydantic import BaseModel, Field
+
+from datastore.errors import (
+    AlreadyExists,
+    Corrupt,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ShardyardError,
+    Unauthenticated,
+)
+from registry import audit, tokens
+from registry.blobs import Staged
+from registry.policy import Policy, parse_condition
+from registry.refs import parse_pairs, parse_ref
+from registry.registry import Registry
+
+__all__ = ["create_app"]
+
+MAX_JSON = 1 << 20  # bytes of a JSON request
+_STATUS: list[tuple[type[Exception], int]] = [
+    (Unauthenticated, 401),
+    (PermissionDenied, 403),
+    (NotFound, 404),
+    (AlreadyExists, 409),
+    (Corrupt, 422),
+    (InvalidInput, 400),
+]
+
+
+class FileIn(BaseModel):
+    path: str = Field(max_length=1024)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class RegisterIn(BaseModel):
+    name: str = Field(max_length=700)
+    kind: str = Field(max_length=32)
+    files: list[FileIn] = Field(default_factory=list, max_length=100_000)
+    dataset_uri: str | None = Field(default=None, max_length=4096)
+    dataset_version: int | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    parents: list[str] = Field(default_factory=list, max_length=1000)
+
+
+class UploadIn(BaseModel):
+    name: str = Field(max_length=700)
+    files: list[FileIn] = Field(max_length=100_000)
+
+
+class AliasIn(BaseModel):
+    ref: str = Field(max_length=800)
+    alias: str = Field(max_length=64)
+
+
+class ReleaseIn(BaseModel):
+    refs: list[str] = Field(max_length=1000)
+    alias: str = Field(max_length=64)
+
+
+class RevokeIn(BaseModel):
+    ref: str = Field(max_length=800)
+    reason: str = Field(default="", max_length=4096)
+
+
+class LinkIn(BaseModel):
+    parent: str = Field(max_length=800)
+    child: str = Field(max_length=800)
+
+
+class TokenIn(BaseModel):
+    namespace: str = Field(max_length=512)
+    role: str = Field(max_length=16)
+    expires_in: float | None = None
+    note: str = Field(default="", max_length=1024)
+
+
+def create_app(
+    registry: Registry,
+    *,
+    url_ttl: float = 300.0,
+    max_upload: int = 64 << 30,
+    signing_key: bytes | None = None,
+) -> FastAPI:
+    """The app serving ``registry``; signed blob URLs live ``url_ttl`` seconds."""
+    key = signing_key or secrets.token_bytes(32)
+    app = FastAPI(
+        title="Shardyard registry",
+        version="1",
+        description="Versioned datasets, checkpoints, models and indexes with lineage.",
+    )
+
+    def sign(method: str, sha: str, size: int, exp: int) -> str:
+        msg = f"{method}\n{sha}\n{size}\n{exp}".encode()
+        return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+    def blob_url(request: Request, method: str, sha: str, size: int) -> str:
+        exp = int(time.time() + url_ttl)
+        base = str(request.base_url).rstrip("/")
+        return f"{base}/v1/blobs/{sha}?size={size}&exp={exp}&sig={sign(method, sha, size, exp)}"
+
+    def check_signature(method: str, sha: str, size: int, exp: int, sig: str) -> None:
+        if not hmac.compare_digest(sign(method, sha, size, exp), sig):
+            raise PermissionDenied("the blob URL's signature is not valid")
+        if exp < time.time():
+            raise PermissionDenied("the blob URL has expired: ask for a new one")
+
+    @app.exception_handler(ShardyardError)
+    async def _errors(_: Request, err: ShardyardError) -> JSONResponse:
+        status = next((code for kind, code in _STATUS if isinstance(err, kind)), 500)
+        return JSONResponse({"error": type(err).__name__, "message": str(err)}, status)
+
+    @app.middleware("http")
+    async def _limit(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        limit = max_upload if request.url.path.startswith("/v1/blobs/") else MAX_JSON
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return JSONResponse(
+                {"error": "TooLarge", "message": f"request body over {limit:,} bytes"}, 413
+            )
+        return await call_next(request)
+
+    def principal(request: Request) -> tokens.Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        token = value.strip() if scheme.lower() == "bearer" else None
+        return tokens.authenticate(registry.engine, token)
+
+    Auth = Depends(principal)
+
+    def ns(ref: str) -> str:
+        return parse_ref(ref).namespace
+
+    def as_(who: tokens.Principal) -> Registry:
+        return registry.acting_as(who.actor)
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        return {"ok": True, "registry": registry.id}
+
+    @app.get("/v1/versions/{ref:path}")
+    def resolve(ref: str, who: tokens.Principal = Auth) -> dict[str, Any]:
+        who.require(ns(ref), "reader")
+        return registry.resolve(ref).to_dict()
+
+    @app.get("/v1/versions")
+    def versions(
+        name: str = Query(max_length=700),
+        limit: int | None = Query(default=None, ge=0, le=100_000),
+        who: tokens.Principal = Auth,
+    ) -> list[dict[str, Any]]:
+        who.require(ns(name), "reader")
+        return [v.to_dict() for v in registry.versions(name, limit)]
+
+    @app.get("/v1/artifacts")
+    def artifacts(
+        namespace: str | None = Query(default=None, max_length=512),
+        who: tokens.Principal = Auth,
+    ) -> list[dict[str, Any]]:
+        return [a for a in registry.artifacts(namespace) if who.can(a["namespace"], "reader")]
+
+    @app.get("/v1/find")
+    def find(
+        tag: list[str] = Query(default=[]),
+        name: str | None = Query(default=None, max_length=700),
+        kind: str | None = Query(default=None, max_length=32),
+        sha256: str | None = Query(default=None, pattern=r"^[0-9a-f]{64}$"),
+        limit: int | None = Query(default=None, ge=1, le=100_000),
+        who: tokens.Principal = Auth,
+    ) -> list[dict[str, Any]]:
+        pairs = parse_pairs(tag, "tag")
+        if name is not None:
+            who.require(ns(name), "reader")
+        found = registry.find(tags=pairs, name=name, kind=kind, sha256=sha256, limit=limit)
+        return [v.to_dict() for v in found if who.can(v.namespace, "reader")]
+
+    @app.get("/v1/alias-history")
+    def alias_history(
+        name: str = Query(max_length=700),
+        alias: str = Query(max_length=64),
+        who: tokens.Principal = Auth,
+    ) -> list[dict[str, Any]]:
+        who.require(ns(name), "reader")
+        return registry.alias_history(name, alias)
+
+    @app.get("/v1/lineage")
+    def lineage(
+        ref: str = Query(max_length=800),
+        direction: str = Query(default="upstream", pattern="^(upstream|downstream)$"),
+        depth: int | None = Query(default=None, ge=1, le=1000),
+        who: tokens.Principal = Auth,
+    ) -> dict[str, Any]:
+        who.require(ns(ref), "reader")
+        return registry.lineage(ref, direction, depth).to_dict()  # type: ignore[arg-type]
+
+    @app.get("/v1/deployable")
+    def deployable(
+        name: str = Query(max_length=700),
+        alias: str | None = Query(default=None, max_length=64),
+        metric: list[str] = Query(default=[]),
+        upstream_tag: list[str] = Query(default=[]),
+        who: tokens.Principal = Auth,
+    ) -> list[dict[str, Any]]:
+        who.require(ns(name), "reader")
+        policy = Policy(
+            alias=alias,
+            conditions=tuple(parse_condition(m) for m in metric),
+            upstream_tags=parse_pairs(upstream_tag, "upstream tag"),
+        )
+        rows = registry.deployable(name, policy)
+        return [{**r, "version": r["version"].to_dict()} for r in rows]
+
+    @app.post("/v1/uploads")
+    def uploads(body: UploadIn, request: Request, who: tokens.Principal = Auth) -> dict[str, Any]:
+        """Signed upload URLs for the blobs of a coming registration the store lacks."""
+        who.require(ns(body.name), "writer")
+        urls = {}
+        for f in body.files:
+            if f.size > max_upload:
+                raise InvalidInput(f"{f.path}: {f.size:,} bytes is over {max_upload:,}")
+            if not registry.blobs.has(f.sha256, f.size):
+                urls[f.sha256] = blob_url(request, "PUT", f.sha256, f.size)
+        return {"upload": urls}
+
+    @app.put("/v1/blobs/{sha}")
+    async def put_blob(
+        sha: str, request: Request, size: int, exp: int, sig: str = Query(max_length=64)
+    ) -> dict[str, Any]:
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise InvalidInput("a blob name is a sha256 in hex")
+        check_signature("PUT", sha, size, exp, sig)
+        if registry.blobs.has(sha, size):
+            return {"stored": False}
+        dest = registry.blobs.staging_file()
+        h = hashlib.sha256()
+        got = 0
+        try:
+            with open(dest, "wb") as f:
+                async for chunk in request.stream():
+                    got += len(chunk)
+                    if got > size:
+                        raise InvalidInput(f"the upload is longer than the {size:,} bytes signed")
+                    h.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if got != size or h.hexdigest() != sha:
+                raise Corrupt(
+                    f"the upload ({got:,} bytes, sha256 {h.hexdigest()}) is not blob {sha} "
+                    f"({size:,} bytes)"
+                )
+            stored = registry.blobs.put_staged(Staged("upload", sha, size, dest, owned=True))
+        finally:
+            dest.unlink(missing_ok=True)
+        return {"stored": stored}
+
+    @app.get("/v1/blobs/{sha}", response_model=None)
+    def get_blob(
+        sha: str, size: int, exp: int, sig: str = Query(max_length=64)
+    ) -> FileResponse | RedirectResponse:
+        check_signature("GET", sha, size, exp, sig)
+        path = registry.blobs.local_path(sha)
+        if path is None or not path.is_file():
+            raise NotFound(f"blob {sha} is not in this server's store")
+        return FileResponse(path, media_type="application/octet-stream")
+
+    @app.post("/v1/versions")
+    def register(body: RegisterIn, who: tokens.Principal = Auth) -> dict[str, Any]:
+        who.require(ns(body.name), "writer")
+        for parent in body.parents:
+            who.require(ns(parent), "reader")
+        dataset = None
+        if body.dataset_uri is not None:
+            if body.dataset_version is None:
+                raise InvalidInput("dataset_uri needs dataset_version")
+            dataset = (body.dataset_uri, body.dataset_version)
+        staged = [Staged(f.path, f.sha256, f.size) for f in body.files]
+        v = as_(who).register(
+            body.name,
+            kind=body.kind,
+            tags=body.tags,
+            metrics=body.metrics,
+            metadata=body.metadata,
+            parents=body.parents,
+            dataset=dataset,
+            staged=staged,
+        )
+        return v.to_dict()
+
+    @app.post("/v1/aliases")
+    def set_alias(body: AliasIn, who: tokens.Principal = Auth) -> dict[str, Any]:
+        who.require(ns(body.ref), "writer")
+        return as_(who).set_alias(body.ref, body.alias).to_dict()
+
+    @app.post("/v1/releases")
+    def release(body: ReleaseIn, who: tokens.Principal = Auth) -> list[dict[str, Any]]:
+        for ref in body.refs:
+            who.require(ns(ref), "writer")
+        return [v.to_dict() for v in as_(who).release(body.refs, body.alias)]
+
+    @app.post("/v1/links")
+    def link(body: LinkIn, who: tokens.Principal = Auth) -> dict[str, Any]:
+        who.require(ns(body.child), "writer")
+        who.require(ns(body.parent), "reader")
+        as_(who).link(body.parent, body.child)
+        return {"ok": True}
+
+    @app.post("/v1/revoke")
+    def revoke(body: RevokeIn, who: tokens.Principal = Auth) -> dict[str, Any]:
+        who.require(ns(body.ref), "admin")
+        return as_(who).revoke(body.ref, body.reason).to_dict()
+
+    @app.get("/v1/downloads/{ref:path}")
+    def downloads(ref: str, request: Request, who: tokens.Principal = Auth) -> dict[str, Any]:
+        """Signed URLs of a version's files (audited as a download)."""
+        who.require(ns(ref), "reader")
+        version = registry.resolve(ref)
+        if version.revoked_at is not None:
+            raise InvalidInput(f"{version.ref} is revoked: it is kept for audit, not for use")
+        files = []
+        for f in version.files:
+            if registry.blobs.is_local:
+                url = blob_url(request, "GET", f.sha256, f.size)
+            else:
+                url = registry.blobs.store.presign(  # type: ignore[attr-defined]
+                    registry.blobs.key(f.sha256), int(url_ttl)
+                )
+            files.append({"path": f.path, "sha256": f.sha256, "size": f.size, "url": url})
+        as_(who).record("download", str(version.ref), {"files": len(files)})
+        return {"version": version.to_dict(), "files": files}
+
+    @app.post("/v1/tokens")
+    def create_token(body: TokenIn, who: tokens.Principal = Auth) -> dict[str, Any]:
+        secret, info = tokens.create_token(
+            registry.engine,
+            body.namespace,
+            body.role,
+            expires_in=body.expires_in,
+            by=who,
+            note=body.note,
+        )
+        return {"token": secret, **info.to_dict()}
+
+    @app.get("/v1/tokens")
+    def list_tokens(who: tokens.Principal = Auth) -> list[dict[str, Any]]:
+        return [i.to_dict() for i in tokens.list_tokens(registry.engine, by=who)]
+
+    @app.delete("/v1/tokens/{token_id}")
+    def revoke_token(token_id: str, who: tokens.Principal = Auth) -> dict[str, Any]:
+        return tokens.revoke_token(registry.engine, token_id, by=who).to_dict()
+
+    @app.get("/v1/audit")
+    def audit_log(
+        since: float | None = None,
+        actor: str | None = Query(default=None, max_length=256),
+        artifact: str | None = Query(default=None, max_length=800),
+        action: str | None = Query(default=None, max_length=64),
+        limit: int | None = Query(default=1000, ge=1, le=100_000),
+        who: tokens.Principal = Auth,
+    ) -> list[dict[str, Any]]:
+        who.require("" if who.namespace == "*" else who.namespace, "admin")
+        found = audit.records(
+            registry.engine, since=since, actor=actor, target=artifact, action=action, limit=limit
+        )
+        return [r.to_dict() for r in found if _visible(who, r.target)]
+
+    @app.get("/v1/audit/verify")
+    def audit_verify(who: tokens.Principal = Auth) -> dict[str, Any]:
+        who.require("", "admin")  # the whole chain: a token for every namespace
+        count, problems = audit.verify(registry.engine)
+        return {"records": count, "ok": not problems, "problems": [str(p) for p in problems]}
+
+    return app
+
+
+def _visible(who: tokens.Principal, target: str) -> bool:
+    """Whether an audit record's target lies in the principal's namespaces."""
+    if who.namespace == "*":
+        return True
+    if target.startswith(("token:", "blob:")):
+        return False
+    try:
+        return who.covers(parse_ref(target).namespace)
+    except ShardyardError:
+        return False
+
+
+def serve(
+    db: str | None,
+    blobs: str | None,
+    host: str,
+    port: int,
+    config: Any = None,
+) -> None:
+    """Run the server until interrupted (uvicorn, one process)."""
+    import uvicorn
+
+    registry = Registry(db, blobs, config=config, actor="server")
+    app = create_app(registry)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,150 @@
+"""Governance on both SQL backends: the hash-chained audit trail (every change recorded in its
+own transaction; edits, insertions, removals and a cut tail detected) and API tokens (hashed,
+scoped, expiring, revocable; roles)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, insert, text, update
+
+from datastore.errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated
+from registry import Registry, audit, tokens
+from registry import schema as t
+from tests.registry.conftest import write_files
+
+
+def _activity(reg: Registry, tmp_path: Path) -> None:
+    src = write_files(tmp_path / "m", **{"w.bin": "weights"})
+    reg.register("team/data", kind="dataset", dataset=("file:///d", 1))
+    reg.register("team/model", [src], kind="model", parents=["team/data:1"])
+    reg.register("team/model", [src], kind="model")
+    reg.set_alias("team/model:1", "production")
+    reg.release(["team/model:2", "team/data:1"], "staging")
+    reg.link("team/data:1", "team/model:2")
+    reg.download("team/model:2", tmp_path / "out")
+    reg.revoke("team/model:1", "bad eval")
+
+
+def test_every_change_is_recorded_and_the_chain_verifies(reg: Registry, tmp_path: Path) -> None:
+    _activity(reg, tmp_path)
+    got = [(r.action, r.target) for r in audit.records(reg.engine)]
+    assert got == [
+        ("register", "team/data:1"),
+        ("register", "team/model:1"),
+        ("register", "team/model:2"),
+        ("alias", "team/model@production"),
+        ("release", "team/model@staging"),
+        ("release", "team/data@staging"),
+        ("link", "team/model:2"),
+        ("download", "team/model:2"),
+        ("revoke", "team/model:1"),
+    ]
+    assert [r.seq for r in audit.records(reg.engine)] == list(range(1, 10))
+    assert audit.verify(reg.engine) == (9, [])
+    mine = audit.records(reg.engine, target="team/model", action="register")
+    assert [r.target for r in mine] == ["team/model:1", "team/model:2"]
+    assert audit.records(reg.engine, actor="nobody") == []
+    assert audit.records(reg.engine, since=time.time() + 60) == []
+    assert audit.head(reg.engine)[0] == 9
+
+
+@pytest.mark.parametrize("tamper", ["edit", "remove", "insert", "truncate", "reorder"])
+def test_tampering_with_the_table_is_detected(reg: Registry, tmp_path: Path, tamper: str) -> None:
+    _activity(reg, tmp_path)
+    a = t.audit.c
+    with reg.engine.begin() as conn:
+        if tamper == "edit":  # someone hides who revoked what
+            conn.execute(update(t.audit).where(a.seq == 4).values(actor="someone-else"))
+        elif tamper == "remove":
+            conn.execute(delete(t.audit).where(a.seq == 5))
+        elif tamper == "insert":  # a forged record with a correct-looking hash of its own
+            conn.execute(update(t.audit).where(a.seq >= 6).values(seq=a.seq + 100))
+            conn.execute(
+                insert(t.audit).values(
+                    seq=6,
+                    at=time.time(),
+                    actor="x",
+                    action="alias",
+                    target="team/model@prod",
+                    detail="{}",
+                    prev="0" * 64,
+                    hash="f" * 64,
+                )
+            )
+        elif tamper == "truncate":
+            conn.execute(delete(t.audit).where(a.seq >= 8))
+        else:
+            conn.execute(text("UPDATE audit SET at = at + 1000 WHERE seq = 2"))
+    _, problems = audit.verify(reg.engine)
+    assert problems, tamper
+    first = problems[0]
+    expect = {"edit": 4, "remove": 6, "insert": 6, "truncate": 9, "reorder": 2}[tamper]
+    assert first.seq == expect, (tamper, [str(p) for p in problems])
+
+
+def test_tokens_scope_roles_expiry_and_revocation(reg: Registry) -> None:
+    engine = reg.engine
+    reader, r_info = tokens.create_token(engine, "team", "reader")
+    writer, _ = tokens.create_token(engine, "team/nlp", "writer", note="ci")
+    admin, a_info = tokens.create_token(engine, "team", "admin")
+    short, _ = tokens.create_token(engine, "team", "reader", expires_in=0.2)
+    p = tokens.authenticate(engine, reader)
+    assert (p.namespace, p.role) == ("team", "reader") and p.actor == f"token:{r_info.id}"
+    p.require("team/nlp", "reader")  # a sub-namespace is in scope
+    with pytest.raises(PermissionDenied, match="needs writer"):
+        p.require("team", "writer")
+    w = tokens.authenticate(engine, writer)
+    w.require("team/nlp", "writer")
+    with pytest.raises(PermissionDenied, match="scoped to 'team/nlp'"):
+        w.require("team", "reader")
+    with pytest.raises(PermissionDenied):
+        w.require("team/nlpx", "reader")  # a prefix of the name is not a parent namespace
+    for bad, why in [
+        (None, "no API token"),
+        ("", "no API token"),
+        ("Bearer xyz", "malformed"),
+        (reader[:-2] + "zz", "unknown"),
+        ("sy_000000000000_" + "a" * 40, "unknown"),
+        ("sy_' OR 1=1 --_" + "a" * 30, "malformed"),
+    ]:
+        with pytest.raises(Unauthenticated, match=why):
+            tokens.authenticate(engine, bad)
+    time.sleep(0.3)
+    with pytest.raises(Unauthenticated, match="expired"):
+        tokens.authenticate(engine, short)
+    boss = tokens.authenticate(engine, admin)
+    tokens.revoke_token(engine, r_info.id, by=boss)
+    with pytest.raises(Unauthenticated, match="revoked"):
+        tokens.authenticate(engine, reader)
+    with pytest.raises(PermissionDenied):
+        tokens.create_token(engine, "*", "admin", by=boss)
+    with pytest.raises(PermissionDenied):
+        tokens.create_token(engine, "other", "reader", by=boss)
+    with pytest.raises(PermissionDenied):
+        tokens.revoke_token(engine, a_info.id, by=w)
+    with pytest.raises(NotFound):
+        tokens.revoke_token(engine, "ffffffffffff", by=boss)
+    with pytest.raises(InvalidInput, match="role"):
+        tokens.create_token(engine, "team", "owner")
+    with pytest.raises(InvalidInput):
+        tokens.create_token(engine, "../etc", "reader")
+    listed = {i.id for i in tokens.list_tokens(engine, by=boss)}
+    assert a_info.id in listed and len(listed) == 4
+    with reg.engine.connect() as conn:
+        stored = {r[0] for r in conn.execute(text("SELECT secret_sha256 FROM tokens"))}
+    assert not any(admin.split("_", 2)[2] in s for s in stored), "only hashes are stored"
+    actions = [r.action for r in audit.records(engine)]
+    assert actions.count("token.create") == 4 and actions.count("token.revoke") == 1
+    assert audit.verify(engine)[1] == []
+
+
+def test_durations() -> None:
+    assert tokens.parse_duration("30d") == 30 * 86400
+    assert tokens.parse_duration("1w2d") == 9 * 86400
+    assert tokens.parse_duration("90m") == 5400
+    for bad in ("", "ten days", "5y", "3d junk"):
+        with pytest.raises(InvalidInput):
+            tokens.parse_duration(bad)

@@ -1,0 +1,210 @@
+"""The registry server over real HTTP (uvicorn on loopback) on both SQL backends: the remote
+client against it, and every refusal the governance issue lists."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+import httpx
+import uvicorn
+
+from datastore.errors import (
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from registry import Registry, audit, tokens
+from registry.policy import Policy, parse_condition
+from registry.remote import RemoteRegistry
+from registry.server import create_app
+from tests.registry.conftest import write_files
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(reg: Registry) -> Iterator[dict[str, Any]]:
+    """The registry served on a loopback port, with tokens of each role in ``team``."""
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(reg, url_ttl=60, max_upload=10 << 20),
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    made = {role: tokens.create_token(reg.engine, "team", role) for role in tokens.ROLES}
+    made["other"] = tokens.create_token(reg.engine, "other", "admin")
+    try:
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "reg": reg,
+            "tokens": {k: v[0] for k, v in made.items()},
+            "ids": {k: v[1].id for k, v in made.items()},
+        }
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def test_remote_client_matches_local_mode(server: dict[str, Any], tmp_path: Path) -> None:
+    reg: Registry = server["reg"]
+    w = RemoteRegistry(server["url"], server["tokens"]["writer"])
+    src = write_files(tmp_path / "m", **{"a.bin": "A" * 3000, "b.txt": "bee"})
+    data = w.register("team/data", kind="dataset", dataset=("file:///d", 2), tags={"lic": "ok"})
+    v1 = w.register(
+        "team/model", [src], kind="model", metrics={"acc": 0.9}, parents=["team/data:1"]
+    )
+    (src / "b.txt").write_text("changed")
+    v2 = w.register("team/model", [src], kind="model", metrics={"acc": 0.7})
+    assert (data.number, v1.number, v2.number) == (1, 1, 2)
+    assert w.resolve("team/model:1") == reg.resolve("team/model:1"), "same Version as local mode"
+    assert len(list(reg.blobs.list())) == 3, "a.bin uploaded once"
+    w.set_alias("team/model:1", "production")
+    assert w.resolve("team/model@production").number == 1
+    assert [v.number for v in w.versions("team/model")] == [2, 1]
+    assert [v.number for v in w.find(tags={"lic": "ok"})] == [1]
+    out = w.download("team/model@production", tmp_path / "out")
+    assert (out / "a.bin").read_text() == "A" * 3000 and (out / "b.txt").read_text() == "bee"
+    rows = w.deployable("team/model", Policy(conditions=(parse_condition("acc>=0.8"),)))
+    assert [(r["version"].number, r["deployable"]) for r in rows] == [(2, False), (1, True)]
+    assert w.lineage_dict("team/model:1")["nodes"]
+    assert [h["version"] for h in w.alias_history("team/model", "production")] == [1]
+    actor = f"token:{server['ids']['writer']}"
+    mine = [(r.action, r.target) for r in audit.records(reg.engine, actor=actor)]
+    assert ("download", "team/model:1") in mine and ("alias", "team/model@production") in mine
+    assert reg.resolve("team/model:1").created_by == actor
+    admin = RemoteRegistry(server["url"], server["tokens"]["admin"])
+    admin.revoke("team/model:2", "regressed")
+    with pytest.raises(InvalidInput, match="revoked"):
+        w.download("team/model:2", tmp_path / "again")
+
+
+def test_every_refusal_is_clear_and_changes_nothing(server: dict[str, Any], tmp_path: Path) -> None:
+    reg: Registry = server["reg"]
+    url = server["url"]
+    t = server["tokens"]
+    RemoteRegistry(url, t["writer"]).register("team/model", kind="model", dataset=("file:///x", 1))
+    before = audit.head(reg.engine)
+    cases: list[tuple[Any, type[Exception], str]] = [
+        (lambda: RemoteRegistry(url, None).resolve("team/model:1"), Unauthenticated, "no API"),
+        (
+            lambda: RemoteRegistry(url, "sy_abc").resolve("team/model:1"),
+            Unauthenticated,
+            "malformed",
+        ),
+        (
+            lambda: RemoteRegistry(url, t["reader"][:-3] + "xyz").resolve("team/model:1"),
+            Unauthenticated,
+            "unknown",
+        ),
+        (
+            lambda: RemoteRegistry(url, t["reader"]).set_alias("team/model:1", "prod"),
+            PermissionDenied,
+            "needs writer",
+        ),
+        (
+            lambda: RemoteRegistry(url, t["reader"]).register(
+                "team/x", kind="model", dataset=("file:///y", 1)
+            ),
+            PermissionDenied,
+            "needs writer",
+        ),
+        (
+            lambda: RemoteRegistry(url, t["writer"]).revoke("team/model:1"),
+            PermissionDenied,
+            "admin",
+        ),
+        (
+            lambda: RemoteRegistry(url, t["other"]).resolve("team/model:1"),
+            PermissionDenied,
+            "namespace 'team'",
+        ),
+        (
+            lambda: RemoteRegistry(url, t["writer"]).register(
+                "team/../etc", kind="model", dataset=("file:///y", 1)
+            ),
+            InvalidInput,
+            "",
+        ),
+        (
+            lambda: RemoteRegistry(url, t["reader"]).resolve("team/model'; DROP TABLE versions;--"),
+            InvalidInput,
+            "",
+        ),
+        (lambda: RemoteRegistry(url, t["reader"]).resolve("team/model:99"), NotFound, "no version"),
+        (lambda: RemoteRegistry(url, t["admin"]).create_token("*", "admin"), PermissionDenied, ""),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message or None):
+            call()
+    # SQL in a filter is data: it matches nothing and breaks nothing
+    assert RemoteRegistry(url, t["reader"]).find(tags={"k' OR '1'='1": "v"}) == []
+    # oversized request body
+    big = httpx.post(
+        f"{url}/v1/versions",
+        content=b"{" + b" " * (2 << 20) + b"}",
+        headers={"authorization": f"Bearer {t['writer']}", "content-type": "application/json"},
+    )
+    assert big.status_code == 413
+    # expired and revoked tokens
+    short, _ = tokens.create_token(reg.engine, "team", "reader", expires_in=0.2)
+    time.sleep(0.3)
+    with pytest.raises(Unauthenticated, match="expired"):
+        RemoteRegistry(url, short).resolve("team/model:1")
+    admin = RemoteRegistry(url, t["admin"])
+    admin.revoke_token(server["ids"]["reader"])
+    with pytest.raises(Unauthenticated, match="revoked"):
+        RemoteRegistry(url, t["reader"]).resolve("team/model:1")
+    # nothing changed but the token revocation (and its audit record)
+    assert [v.number for v in reg.versions("team/model")] == [1]
+    assert reg.alias_history("team/model", "prod") == []
+    after = [r.action for r in audit.records(reg.engine) if r.seq > before[0]]
+    assert after == ["token.create", "token.revoke"]
+
+
+def test_signed_blob_urls_are_checked(server: dict[str, Any], tmp_path: Path) -> None:
+    reg: Registry = server["reg"]
+    w = RemoteRegistry(server["url"], server["tokens"]["writer"])
+    src = write_files(tmp_path / "m", **{"a.bin": "payload"})
+    import hashlib
+
+    sha = hashlib.sha256(b"payload").hexdigest()
+    urls = w._call(
+        "POST",
+        "/v1/uploads",
+        json={"name": "team/m", "files": [{"path": "a.bin", "sha256": sha, "size": 7}]},
+    )["upload"]
+    url = urls[sha]
+    forged = url[:-1] + ("0" if url[-1] != "0" else "1")  # one hex digit of the signature
+    assert httpx.put(forged, content=b"payload").status_code == 403
+    assert httpx.put(url.replace("size=7", "size=8"), content=b"payload").status_code == 403
+    wrong = httpx.put(url, content=b"PAYLOAD")
+    assert wrong.status_code == 422 and not reg.blobs.has(sha, 7)
+    assert httpx.put(url, content=b"payload").status_code == 200 and reg.blobs.has(sha, 7)
+    w.register("team/m", [src], kind="model")
+    doc = w._call("GET", "/v1/downloads/team/m:1")
+    get = doc["files"][0]["url"]
+    assert httpx.get(get).content == b"payload"
+    assert httpx.get(get.replace("exp=", "exp=1")).status_code == 403
+    spec = httpx.get(f"{server['url']}/openapi.json").json()
+    assert "/v1/versions" in spec["paths"] and "/v1/tokens" in spec["paths"]
