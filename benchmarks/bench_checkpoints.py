@@ -67,6 +67,12 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def settle() -> None:
+    """Write back every dirty page first, so no case pays for the one before it."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -143,32 +149,45 @@ def main() -> int:
     try:
         for r in range(args.repeats):
             f = work / f"f{r}.bin"
-            add("save floor", timed(lambda f=f: raw_write(sd, f)))
-            add("load floor", timed(lambda f=f: raw_read(f)))
             p = work / f"t{r}.pt"
-
-            def torch_save(p: Path = p) -> None:
-                torch.save(sd, p)
-                fsync_path(p)
-
-            add("save torch.save", timed(torch_save))
-            add("load torch.load", timed(lambda p=p: torch.load(p, weights_only=True)))
             s = work / f"s{r}.safetensors"
-
-            def st_save(s: Path = s) -> None:
-                save_file(sd, str(s))
-                fsync_path(s)
-
-            add("save safetensors", timed(st_save))
-            add("load safetensors (lazy mmap)", timed(lambda s=s: load_file(str(s))))
-            add(
-                "load safetensors (copied)",
-                timed(lambda s=s: {k: v.clone() for k, v in load_file(str(s)).items()}),
-            )
             reg = Registry(str(work / f"r{r}.db"), str(work / f"blobs{r}"))
-            add("save ours", timed(lambda reg=reg, r=r: ck.save(reg, sd, "bench/run", step=r)))
-            add("load ours", timed(lambda reg=reg: ck.load(reg, "bench/run:1")))
-            add("resave ours (dedup)", timed(lambda reg=reg: ck.save(reg, sd, "bench/run")))
+
+            def floor(f: Path = f) -> None:
+                add("save floor", timed(lambda: raw_write(sd, f)))
+                add("load floor", timed(lambda: raw_read(f)))
+
+            def torch_case(p: Path = p) -> None:
+                def torch_save() -> None:
+                    torch.save(sd, p)
+                    fsync_path(p)
+
+                add("save torch.save", timed(torch_save))
+                add("load torch.load", timed(lambda: torch.load(p, weights_only=True)))
+
+            def st_case(s: Path = s) -> None:
+                def st_save() -> None:
+                    save_file(sd, str(s))
+                    fsync_path(s)
+
+                add("save safetensors", timed(st_save))
+                add("load safetensors (lazy mmap)", timed(lambda: load_file(str(s))))
+                add(
+                    "load safetensors (copied)",
+                    timed(lambda: {k: v.clone() for k, v in load_file(str(s)).items()}),
+                )
+
+            def ours_case(reg: Registry = reg, r: int = r) -> None:
+                add("save ours", timed(lambda: ck.save(reg, sd, "bench/run", step=r)))
+                add("load ours", timed(lambda: ck.load(reg, "bench/run:1")))
+                settle()
+                add("resave ours (dedup)", timed(lambda: ck.save(reg, sd, "bench/run")))
+
+            cases = [floor, torch_case, st_case, ours_case]
+            for case in cases[r % len(cases) :] + cases[: r % len(cases)]:  # rotated per repeat
+                settle()
+                case()
+            settle()
             # async, into a fresh registry (the same work as the synchronous save, no dedup):
             # what the caller waits for, then the whole save
             other = Registry(str(work / f"a{r}.db"), str(work / f"ablobs{r}"))
@@ -194,6 +213,7 @@ def main() -> int:
             for d in (f"blobs{r}", f"ablobs{r}"):
                 shutil.rmtree(work / d, ignore_errors=True)
             if server is not None:
+                settle()
                 key = f"floor/{r}.bin"
                 add(
                     "s3 save boto3",

@@ -211,6 +211,73 @@ def revoke(
 
 
 @app.command()
+def delete(
+    ctx: typer.Context,
+    ref: str,
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the audit trail)."),
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+) -> None:
+    """Delete a version's files (refused under a legal hold); the version stays, revoked."""
+    typer.echo(f"deleted the files of {_open(ctx, db, blobs).delete(ref, reason).ref}")
+
+
+hold_app = typer.Typer(help="Legal holds: versions that may not be deleted.", no_args_is_help=True)
+app.add_typer(hold_app, name="hold")
+
+
+@hold_app.command("set")
+def hold_set(
+    ctx: typer.Context,
+    ref: str,
+    reason: str = typer.Option(..., "--reason", help="Case or ticket reference."),
+    whole: bool = typer.Option(False, "--artifact", help="Hold every version of the artifact."),
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+) -> None:
+    """Put a version (or its whole artifact) under legal hold."""
+    hid = _open(ctx, db, blobs).hold(ref, reason, whole_artifact=whole)
+    typer.echo(f"hold {hid} on {ref}{' (whole artifact)' if whole else ''}")
+
+
+@hold_app.command("list")
+def hold_list(
+    ctx: typer.Context,
+    name: str,
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Active legal holds on an artifact."""
+    found = _open(ctx, db, blobs).holds(name)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    for h in found:
+        what = f"version {h['version']}" if h["version"] is not None else "every version"
+        typer.echo(f"{h['id']:>5}  {what:<14}  {_when(h['created_at'])}  {h['reason']}")
+
+
+@hold_app.command("release")
+def hold_release(
+    ctx: typer.Context,
+    hold_id: int,
+    name: str = typer.Option(..., "--artifact", help="The artifact the hold is on."),
+    db: str | None = RegistryOpt,
+    blobs: str | None = BlobsOpt,
+) -> None:
+    """End a legal hold."""
+    reg: Any = _open(ctx, db, blobs)
+    if hold_id not in {h["id"] for h in reg.holds(name)}:
+        raise InvalidInput(f"no active legal hold {hold_id} on {name}")
+    if hasattr(reg, "url"):
+        reg.release_hold(hold_id, name)
+    else:
+        reg.release_hold(hold_id)
+    typer.echo(f"released hold {hold_id}")
+
+
+@app.command()
 def lineage(
     ctx: typer.Context,
     ref: str,

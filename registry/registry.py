@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -737,6 +737,119 @@ class Registry:
             audit.append(
                 conn, self.actor, "revoke", str(parsed.at(row["number"])), {"reason": reason}
             )
+        return self.resolve(parsed.at(row["number"]))
+
+    def hold(self, ref: str, reason: str, *, whole_artifact: bool = False) -> int:
+        """Put version ``ref`` (or, with ``whole_artifact``, every version of its artifact) under
+        legal hold: :meth:`delete` refuses it until the hold is released. Returns the hold id."""
+        if not reason.strip():
+            raise InvalidInput("a legal hold needs a reason (a case or ticket reference)")
+        parsed = parse_ref(ref)
+
+        def put(conn: Connection) -> int:
+            row = self._version_row(conn, parsed)
+            hid = _new_id(
+                conn,
+                insert(t.holds).values(
+                    artifact_id=row["artifact_id"],
+                    version_id=None if whole_artifact else row["id"],
+                    reason=reason,
+                    created_at=time.time(),
+                    created_by=self.actor,
+                ),
+            )
+            target = parsed.artifact if whole_artifact else str(parsed.at(row["number"]))
+            audit.append(conn, self.actor, "hold", target, {"hold": hid, "reason": reason})
+            return hid
+
+        return int(self._retrying(put))
+
+    def release_hold(self, hold_id: int) -> None:
+        """End legal hold ``hold_id`` (kept, with when and by whom, in the audit trail)."""
+
+        def end(conn: Connection) -> None:
+            done = conn.execute(
+                update(t.holds)
+                .where(and_(t.holds.c.id == hold_id, t.holds.c.released_at.is_(None)))
+                .values(released_at=time.time())
+            ).rowcount
+            if not done:
+                raise NotFound(f"no active legal hold {hold_id}")
+            audit.append(conn, self.actor, "hold.release", f"hold:{hold_id}", {})
+
+        self._retrying(end)
+
+    def holds(self, name: str) -> list[dict[str, Any]]:
+        """Active legal holds on artifact ``name`` and its versions."""
+        h = t.holds.c
+        with self._read() as conn:
+            art = self._artifact_id(conn, parse_ref(name))
+            rows = conn.execute(
+                select(t.holds, t.versions.c.number)
+                .outerjoin(t.versions, t.versions.c.id == h.version_id)
+                .where(and_(h.artifact_id == art, h.released_at.is_(None)))
+                .order_by(h.id)
+            ).mappings()
+            return [
+                {
+                    "id": r["id"],
+                    "version": r["number"],
+                    "reason": r["reason"],
+                    "created_at": r["created_at"],
+                    "created_by": r["created_by"],
+                }
+                for r in rows
+            ]
+
+    def delete(self, ref: str, reason: str) -> Version:
+        """Delete version ``ref``'s files (its blobs become garbage for :meth:`gc`) and revoke
+        it; its row, lineage and history stay for audit. Refused while a legal hold covers it."""
+        from datastore.errors import PreconditionFailed
+
+        if not reason.strip():
+            raise InvalidInput("a deletion needs a reason")
+        parsed = parse_ref(ref)
+
+        def drop(conn: Connection) -> Any:
+            row = self._version_row(conn, parsed)
+            h = t.holds.c
+            held = conn.execute(
+                select(h.id, h.reason).where(
+                    and_(
+                        h.artifact_id == row["artifact_id"],
+                        h.released_at.is_(None),
+                        (h.version_id.is_(None)) | (h.version_id == row["id"]),
+                    )
+                )
+            ).first()
+            if held is not None:
+                raise PreconditionFailed(
+                    f"{parsed.at(row['number'])} is under legal hold {held[0]} ({held[1]}): "
+                    "release the hold first"
+                )
+            conn.execute(delete(t.files).where(t.files.c.version_id == row["id"]))
+            now = time.time()
+            if row["revoked_at"] is None:
+                conn.execute(
+                    update(t.versions)
+                    .where(t.versions.c.id == row["id"])
+                    .values(revoked_at=now, revoked_reason=f"deleted: {reason}")
+                )
+            exists = conn.execute(
+                select(t.deletions.c.version_id).where(t.deletions.c.version_id == row["id"])
+            ).first()
+            if exists is None:
+                conn.execute(
+                    insert(t.deletions).values(
+                        version_id=row["id"], deleted_at=now, deleted_by=self.actor, reason=reason
+                    )
+                )
+            audit.append(
+                conn, self.actor, "delete", str(parsed.at(row["number"])), {"reason": reason}
+            )
+            return row
+
+        row = self._retrying(drop)
         return self.resolve(parsed.at(row["number"]))
 
     def gc(self, grace: float = gcp.DEFAULT_GRACE, *, dry_run: bool = False) -> gcp.GcReport:

@@ -25,6 +25,7 @@ from datastore.errors import (
     InvalidInput,
     NotFound,
     PermissionDenied,
+    PreconditionFailed,
     ShardyardError,
     Unauthenticated,
     Unreachable,
@@ -42,6 +43,7 @@ _ERRORS: dict[str, type[ShardyardError]] = {
     "AlreadyExists": AlreadyExists,
     "Corrupt": Corrupt,
     "InvalidInput": InvalidInput,
+    "PreconditionFailed": PreconditionFailed,
 }
 
 
@@ -193,6 +195,20 @@ class RemoteRegistry:
     def revoke(self, ref: str, reason: str = "") -> Version:
         body = {"ref": ref, "reason": reason}
         return Version.from_dict(self._call("POST", "/v1/revoke", json=body))
+
+    def hold(self, ref: str, reason: str, *, whole_artifact: bool = False) -> int:
+        body = {"ref": ref, "reason": reason, "whole_artifact": whole_artifact}
+        return int(self._call("POST", "/v1/holds", json=body)["hold"])
+
+    def holds(self, name: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/holds", params={"name": name}))
+
+    def release_hold(self, hold_id: int, name: str) -> None:
+        self._call("DELETE", f"/v1/holds/{hold_id}", params={"name": name})
+
+    def delete(self, ref: str, reason: str) -> Version:
+        body = {"ref": ref, "reason": reason}
+        return Version.from_dict(self._call("POST", "/v1/delete", json=body))
 
     def download(self, ref: str, dest: str | os.PathLike[str]) -> Path:
         return self.fetch(ref, dest)[1]

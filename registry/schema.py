@@ -17,6 +17,8 @@ Tables and why they look the way they do:
 * ``tokens``: API tokens of the server (only a sha256 of each secret), scoped to a namespace
   with a role, expiring and revocable: see :mod:`registry.tokens`.
 * ``audit``: the append-only, hash-chained record of who did what: see :mod:`registry.audit`.
+* ``holds``: legal holds on a version or a whole artifact (released, never deleted);
+  ``deletions``: versions whose files were deleted (the version row stays, for audit).
 
 Times are UNIX seconds (float) so that both backends order and compare them alike.
 """
@@ -43,9 +45,11 @@ __all__ = [
     "artifacts",
     "audit",
     "blob_claims",
+    "deletions",
     "edges",
     "files",
     "gc_marks",
+    "holds",
     "metadata",
     "metrics",
     "settings",
@@ -196,4 +200,26 @@ audit = Table(
     Index("ix_audit_at", "at"),
     Index("ix_audit_actor", "actor"),
     Index("ix_audit_target", "target"),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("artifact_id", Integer, ForeignKey("artifacts.id"), nullable=False),
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=True),  # None: all
+    Column("reason", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("released_at", Float, nullable=True),
+    Index("ix_holds_artifact", "artifact_id"),
+)
+
+deletions = Table(
+    "deletions",
+    metadata,
+    Column("version_id", Integer, ForeignKey("versions.id"), primary_key=True),
+    Column("deleted_at", Float, nullable=False),
+    Column("deleted_by", String(256), nullable=False),
+    Column("reason", Text, nullable=False),
 )

@@ -32,6 +32,7 @@ from datastore.errors import (
     InvalidInput,
     NotFound,
     PermissionDenied,
+    PreconditionFailed,
     ShardyardError,
     Unauthenticated,
 )
@@ -49,6 +50,7 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (PermissionDenied, 403),
     (NotFound, 404),
     (AlreadyExists, 409),
+    (PreconditionFailed, 409),
     (Corrupt, 422),
     (InvalidInput, 400),
 ]
@@ -95,6 +97,17 @@ class RevokeIn(BaseModel):
 class LinkIn(BaseModel):
     parent: str = Field(max_length=800)
     child: str = Field(max_length=800)
+
+
+class HoldIn(BaseModel):
+    ref: str = Field(max_length=800)
+    reason: str = Field(max_length=4096)
+    whole_artifact: bool = False
+
+
+class DeleteIn(BaseModel):
+    ref: str = Field(max_length=800)
+    reason: str = Field(max_length=4096)
 
 
 class TokenIn(BaseModel):
@@ -338,6 +351,32 @@ def create_app(
     def revoke(body: RevokeIn, who: tokens.Principal = Auth) -> dict[str, Any]:
         who.require(ns(body.ref), "admin")
         return as_(who).revoke(body.ref, body.reason).to_dict()
+
+    @app.post("/v1/holds")
+    def hold(body: HoldIn, who: tokens.Principal = Auth) -> dict[str, Any]:
+        who.require(ns(body.ref), "admin")
+        hid = as_(who).hold(body.ref, body.reason, whole_artifact=body.whole_artifact)
+        return {"hold": hid}
+
+    @app.get("/v1/holds")
+    def holds(name: str = Query(max_length=700), who: tokens.Principal = Auth) -> list[Any]:
+        who.require(ns(name), "reader")
+        return registry.holds(name)
+
+    @app.delete("/v1/holds/{hold_id}")
+    def release_hold(
+        hold_id: int, name: str = Query(max_length=700), who: tokens.Principal = Auth
+    ) -> dict[str, Any]:
+        who.require(ns(name), "admin")
+        if hold_id not in {h["id"] for h in registry.holds(name)}:
+            raise NotFound(f"no active legal hold {hold_id} on {name}")
+        as_(who).release_hold(hold_id)
+        return {"released": hold_id}
+
+    @app.post("/v1/delete")
+    def delete_version(body: DeleteIn, who: tokens.Principal = Auth) -> dict[str, Any]:
+        who.require(ns(body.ref), "admin")
+        return as_(who).delete(body.ref, body.reason).to_dict()
 
     @app.get("/v1/downloads/{ref:path}")
     def downloads(ref: str, request: Request, who: tokens.Principal = Auth) -> dict[str, Any]:

@@ -148,3 +148,37 @@ def test_durations() -> None:
     for bad in ("", "ten days", "5y", "3d junk"):
         with pytest.raises(InvalidInput):
             tokens.parse_duration(bad)
+
+
+def test_deletion_respects_legal_holds_and_keeps_the_record(reg: Registry, tmp_path: Path) -> None:
+    from datastore.errors import PreconditionFailed
+
+    src = write_files(tmp_path / "m", **{"w.bin": "weights v1"})
+    reg.register("team/model", [src], kind="model")
+    (src / "w.bin").write_text("weights v2")
+    reg.register("team/model", [src], kind="model")
+    artifact_hold = reg.hold("team/model:1", "case 42", whole_artifact=True)
+    version_hold = reg.hold("team/model:1", "ticket 7")
+    assert [(h["id"], h["version"]) for h in reg.holds("team/model")] == [
+        (artifact_hold, None),
+        (version_hold, 1),
+    ]
+    for ref in ("team/model:1", "team/model:2"):
+        with pytest.raises(PreconditionFailed, match=f"legal hold {artifact_hold}"):
+            reg.delete(ref, "gdpr request")
+    reg.release_hold(artifact_hold)
+    with pytest.raises(NotFound):
+        reg.release_hold(artifact_hold)
+    with pytest.raises(PreconditionFailed, match=f"legal hold {version_hold}"):
+        reg.delete("team/model:1", "gdpr request")
+    gone = reg.delete("team/model:2", "gdpr request")
+    assert gone.files == () and gone.revoked_at is not None, "files gone, version kept, revoked"
+    with pytest.raises(InvalidInput, match="revoked"):
+        reg.download("team/model:2", tmp_path / "out")
+    assert reg.gc(grace=0).deleted == 1, "its blob is garbage now"
+    assert reg.resolve("team/model:1").files, "the held version keeps its files"
+    with pytest.raises(InvalidInput, match="reason"):
+        reg.delete("team/model:1", " ")
+    actions = [r.action for r in audit.records(reg.engine)]
+    assert actions[-5:] == ["hold", "hold", "hold.release", "delete", "gc.delete"]
+    assert audit.verify(reg.engine)[1] == []

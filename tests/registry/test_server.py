@@ -20,6 +20,7 @@ from datastore.errors import (
     InvalidInput,
     NotFound,
     PermissionDenied,
+    PreconditionFailed,
     Unauthenticated,
 )
 from registry import Registry, audit, tokens
@@ -97,6 +98,13 @@ def test_remote_client_matches_local_mode(server: dict[str, Any], tmp_path: Path
     admin.revoke("team/model:2", "regressed")
     with pytest.raises(InvalidInput, match="revoked"):
         w.download("team/model:2", tmp_path / "again")
+    hold = admin.hold("team/model:1", "case 9")
+    with pytest.raises(PreconditionFailed, match="legal hold"):
+        admin.delete("team/model:1", "cleanup")
+    with pytest.raises(PermissionDenied, match="admin"):
+        w.delete("team/model:2", "cleanup")
+    admin.release_hold(hold, "team/model")
+    assert admin.delete("team/model:1", "cleanup").files == ()
 
 
 def test_every_refusal_is_clear_and_changes_nothing(server: dict[str, Any], tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Governance: API tokens (hashed secrets, namespace scope, role, expiry, revocation) and the
-hash-chained audit trail.
+"""Governance: API tokens (hashed secrets, namespace scope, role, expiry, revocation), the
+hash-chained audit trail, legal holds and deletions.
 
 Revision ID: 0004
 Revises: 0003
@@ -43,8 +43,28 @@ def upgrade() -> None:
     op.create_index("ix_audit_at", "audit", ["at"])
     op.create_index("ix_audit_actor", "audit", ["actor"])
     op.create_index("ix_audit_target", "audit", ["target"])
+    op.create_table(
+        "holds",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("artifact_id", sa.Integer, sa.ForeignKey("artifacts.id"), nullable=False),
+        sa.Column("version_id", sa.Integer, sa.ForeignKey("versions.id"), nullable=True),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("created_by", sa.String(256), nullable=False),
+        sa.Column("released_at", sa.Float, nullable=True),
+    )
+    op.create_index("ix_holds_artifact", "holds", ["artifact_id"])
+    op.create_table(
+        "deletions",
+        sa.Column("version_id", sa.Integer, sa.ForeignKey("versions.id"), primary_key=True),
+        sa.Column("deleted_at", sa.Float, nullable=False),
+        sa.Column("deleted_by", sa.String(256), nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("deletions")
+    op.drop_table("holds")
     op.drop_table("audit")
     op.drop_table("tokens")
