@@ -522,7 +522,14 @@ class Registry:
             query = query.where(a.namespace == check_namespace(namespace))
         with self._read() as conn:
             return [
-                {"artifact": f"{r[0]}/{r[1]}", "kind": r[2], "versions": r[3], "latest": r[4]}
+                {
+                    "artifact": f"{r[0]}/{r[1]}",
+                    "namespace": r[0],
+                    "name": r[1],
+                    "kind": r[2],
+                    "versions": r[3],
+                    "latest": r[4],
+                }
                 for r in conn.execute(query)
             ]
 

@@ -142,7 +142,7 @@ def create_app(
         return f"{base}/v1/blobs/{sha}?size={size}&exp={exp}&sig={sign(method, sha, size, exp)}"
 
     def check_signature(method: str, sha: str, size: int, exp: int, sig: str) -> None:
-        if not hmac.compare_digest(sign(method, sha, size, exp), sig):
+        if not hmac.compare_digest(sign(method, sha, size, exp).encode(), sig.encode()):
             raise PermissionDenied("the blob URL's signature is not valid")
         if exp < time.time():
             raise PermissionDenied("the blob URL has expired: ask for a new one")
