@@ -17,6 +17,7 @@ import typer
 
 from datastore.cli import JsonOpt, storage_config
 from datastore.errors import InvalidInput
+from registry.governance_cli import location_app, residency_app
 
 if TYPE_CHECKING:
     from registry.registry import Registry, Version
@@ -224,6 +225,8 @@ def delete(
 
 hold_app = typer.Typer(help="Legal holds: versions that may not be deleted.", no_args_is_help=True)
 app.add_typer(hold_app, name="hold")
+app.add_typer(location_app, name="location")
+app.add_typer(residency_app, name="residency")
 
 
 @hold_app.command("set")

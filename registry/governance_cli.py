@@ -16,7 +16,7 @@ import typer
 from datastore.cli import JsonOpt
 from datastore.errors import InvalidInput
 
-__all__ = ["audit_app", "serve_command", "token_app"]
+__all__ = ["audit_app", "location_app", "residency_app", "serve_command", "token_app"]
 
 token_app = typer.Typer(help="API tokens of the registry server.", no_args_is_help=True)
 audit_app = typer.Typer(help="The registry's hash-chained audit trail.", no_args_is_help=True)
@@ -197,3 +197,52 @@ def serve_command(
         f"shardyard registry server on http://{host}:{port} (OpenAPI: /openapi.json)", err=True
     )
     serve(db, blobs, host, port, config=storage_config(ctx))
+
+
+location_app = typer.Typer(help="Storage locations: region and encryption.", no_args_is_help=True)
+residency_app = typer.Typer(help="Regions a namespace's data may live in.", no_args_is_help=True)
+
+
+@location_app.command("set")
+def location_set(
+    uri: str = typer.Argument(..., help="Location prefix (s3://bucket/prefix or a directory)."),
+    region: str = typer.Option(..., "--region", help="Where it is, e.g. eu-west-1."),
+    encryption: str = typer.Option("none", "--encryption", help="none, sse-s3 or sse-kms."),
+    kms_key_id: str | None = typer.Option(None, "--kms-key-id", help="For sse-kms."),
+    db: str | None = RegistryOpt,
+) -> None:
+    """Declare a storage location's region and encryption (writes to it then carry the SSE
+    headers)."""
+    from registry.residency import set_location
+
+    loc = set_location(_engine(db), uri, region, encryption, kms_key_id)
+    typer.echo(f"{loc.prefix}: {loc.region}, encryption {loc.encryption}")
+
+
+@location_app.command("list")
+def location_list(db: str | None = RegistryOpt, as_json: bool = JsonOpt) -> None:
+    """Declared locations."""
+    from sqlalchemy import select
+
+    from registry import schema as t
+
+    with _engine(db).connect() as conn:
+        rows = [dict(r) for r in conn.execute(select(t.locations)).mappings()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    for r in rows:
+        typer.echo(f"{r['prefix']}  {r['region']}  {r['encryption']}")
+
+
+@residency_app.command("set")
+def residency_set(
+    namespace: str = typer.Argument(..., help="Namespace (its sub-namespaces follow)."),
+    region: list[str] = typer.Option([], "--region", help="An allowed region (repeatable)."),
+    db: str | None = RegistryOpt,
+) -> None:
+    """Allow the namespace's data only in these regions (no --region: remove the policy)."""
+    from registry.residency import set_residency
+
+    set_residency(_engine(db), namespace, region)
+    typer.echo(f"{namespace}: {', '.join(region) if region else 'no residency policy'}")

@@ -36,6 +36,7 @@ from registry.lineage import Direction, Lineage, ancestors, walk
 from registry.policy import Policy
 from registry.reads import Reader
 from registry.refs import KINDS, Ref, check_alias, check_name, check_namespace, parse_ref
+from registry.residency import check_residency, location_of
 
 __all__ = ["FileEntry", "Registry", "Version", "default_home"]
 
@@ -183,7 +184,9 @@ class Registry:
         )
         self.engine: Engine = open_engine(self.db_location)
         self._reader = Reader(self.engine)
-        self.blobs = BlobStore(self.blob_location, config)
+        self.blobs = BlobStore(
+            self.blob_location, _encrypted(self.engine, self.blob_location, config)
+        )
         self.actor = actor or _whoami()
         self.id = self._identity()
         shown = self.engine.url.render_as_string(hide_password=True)
@@ -258,6 +261,11 @@ class Registry:
         entries = [FileEntry(u.path, u.sha256, u.size) for u in uploads]
         digest = _digest(entries, dataset)
         parent_refs = [parse_ref(p) for p in parents]
+        where = [("blob store", self.blob_location)] if uploads else []
+        if dataset is not None:
+            where.append(("dataset", dataset[0]))
+        with self._read() as conn:  # before any byte is stored where the namespace may not be
+            check_residency(conn, ref.namespace, where)
         # Every blob claimed against GC, stored and verified before any row (registry.gc).
         holder = gcp.new_holder()
         gcp.claim_and_store(self.engine, self.blobs, uploads, holder)
@@ -872,6 +880,21 @@ class Registry:
 #: created the row first), deadlock, serialization failure. On SQLite writers are serialized
 #: by BEGIN IMMEDIATE, so an integrity error there is the data's and is never retried.
 _RETRYABLE = {"23505", "40P01", "40001"}
+
+
+def _encrypted(engine: Engine, uri: str, config: StorageConfig | None) -> StorageConfig | None:
+    """``config`` with the server-side encryption the blob store's declared location asks for
+    (``sse-s3`` / ``sse-kms``: those headers on every write)."""
+    if not uri.startswith("s3://"):
+        return config
+    with engine.connect() as conn:
+        loc = location_of(conn, uri)
+    if loc is None or loc.encryption == "none":
+        return config
+    base = config or StorageConfig.resolve()
+    if loc.encryption == "sse-s3":
+        return base.replace(sse="AES256", sse_kms_key_id=None)
+    return base.replace(sse="aws:kms", sse_kms_key_id=loc.kms_key_id)
 
 
 def _canonical(uri: str) -> str:

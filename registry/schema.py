@@ -19,6 +19,8 @@ Tables and why they look the way they do:
 * ``audit``: the append-only, hash-chained record of who did what: see :mod:`registry.audit`.
 * ``holds``: legal holds on a version or a whole artifact (released, never deleted);
   ``deletions``: versions whose files were deleted (the version row stays, for audit).
+* ``locations``: storage locations (URI prefixes) with their region and encryption mode;
+  ``residency``: the regions a namespace's data may live in: see :mod:`registry.residency`.
 
 Times are UNIX seconds (float) so that both backends order and compare them alike.
 """
@@ -50,8 +52,10 @@ __all__ = [
     "files",
     "gc_marks",
     "holds",
+    "locations",
     "metadata",
     "metrics",
+    "residency",
     "settings",
     "tags",
     "tokens",
@@ -222,4 +226,20 @@ deletions = Table(
     Column("deleted_at", Float, nullable=False),
     Column("deleted_by", String(256), nullable=False),
     Column("reason", Text, nullable=False),
+)
+
+locations = Table(
+    "locations",
+    metadata,
+    Column("prefix", String(1024), primary_key=True),  # canonical URI prefix
+    Column("region", String(64), nullable=False),
+    Column("encryption", String(32), nullable=False),  # none | sse-s3 | sse-kms
+    Column("kms_key_id", String(512), nullable=True),
+)
+
+residency = Table(
+    "residency",
+    metadata,
+    Column("namespace", String(512), primary_key=True),
+    Column("regions", Text, nullable=False),  # JSON list of allowed regions
 )

@@ -182,3 +182,50 @@ def test_deletion_respects_legal_holds_and_keeps_the_record(reg: Registry, tmp_p
     actions = [r.action for r in audit.records(reg.engine)]
     assert actions[-5:] == ["hold", "hold", "hold.release", "delete", "gc.delete"]
     assert audit.verify(reg.engine)[1] == []
+
+
+def test_residency_refuses_locations_outside_the_allowed_regions(
+    registry_db: str, tmp_path: Path
+) -> None:
+    from registry import residency
+
+    eu = tmp_path / "eu-blobs"
+    us = tmp_path / "us-blobs"
+    reg_us = Registry(registry_db, str(us))
+    residency.set_location(reg_us.engine, str(eu), "eu-west-1")
+    residency.set_location(reg_us.engine, str(us), "us-east-1")
+    residency.set_location(reg_us.engine, "s3://eu-data/", "eu-west-1", "sse-s3")
+    residency.set_residency(reg_us.engine, "health", ["eu-west-1"])
+    src = write_files(tmp_path / "m", **{"w.bin": "patient model"})
+    with pytest.raises(
+        InvalidInput,
+        match=r"namespace 'health' keeps data only in eu-west-1; "
+        r"blob store .* is in us-east-1",
+    ):
+        reg_us.register("health/cardio/model", [src], kind="model")  # sub-namespace too
+    assert not list(reg_us.blobs.list()), "refused before any byte was stored"
+    with pytest.raises(InvalidInput, match="in no declared location"):
+        reg_us.register("health/data", kind="dataset", dataset=("s3://other/x", 1))
+    reg_us.register("health/data", kind="dataset", dataset=("s3://eu-data/x", 1))
+    reg_us.register("public/model", [src], kind="model")  # no policy there
+    reg_eu = Registry(registry_db, str(eu))
+    assert reg_eu.register("health/cardio/model", [src], kind="model").number == 1
+    with pytest.raises(InvalidInput, match="encryption"):
+        residency.set_location(reg_us.engine, str(eu), "eu-west-1", "rot13")
+    with pytest.raises(InvalidInput, match="KMS key"):
+        residency.set_location(reg_us.engine, str(eu), "eu-west-1", "sse-kms")
+    actions = [r.action for r in audit.records(reg_us.engine)]
+    assert actions.count("location.set") == 3 and "residency.set" in actions
+
+
+def test_a_declared_sse_location_makes_the_blob_store_send_sse(reg: Registry) -> None:
+    from registry import residency
+    from registry.registry import _encrypted
+
+    residency.set_location(reg.engine, "s3://k/", "eu-west-1", "sse-kms", kms_key_id="key-1")
+    residency.set_location(reg.engine, "s3://s/", "eu-west-1", "sse-s3")
+    kms = _encrypted(reg.engine, "s3://k/blobs", None)
+    assert kms is not None and (kms.sse, kms.sse_kms_key_id) == ("aws:kms", "key-1")
+    sse = _encrypted(reg.engine, "s3://s/blobs", None)
+    assert sse is not None and sse.sse == "AES256"
+    assert _encrypted(reg.engine, "s3://plain/blobs", None) is None

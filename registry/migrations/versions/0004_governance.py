@@ -1,5 +1,5 @@
 """Governance: API tokens (hashed secrets, namespace scope, role, expiry, revocation), the
-hash-chained audit trail, legal holds and deletions.
+hash-chained audit trail, legal holds and deletions, storage locations and residency.
 
 Revision ID: 0004
 Revises: 0003
@@ -61,9 +61,23 @@ def upgrade() -> None:
         sa.Column("deleted_by", sa.String(256), nullable=False),
         sa.Column("reason", sa.Text, nullable=False),
     )
+    op.create_table(
+        "locations",
+        sa.Column("prefix", sa.String(1024), primary_key=True),
+        sa.Column("region", sa.String(64), nullable=False),
+        sa.Column("encryption", sa.String(32), nullable=False),
+        sa.Column("kms_key_id", sa.String(512), nullable=True),
+    )
+    op.create_table(
+        "residency",
+        sa.Column("namespace", sa.String(512), primary_key=True),
+        sa.Column("regions", sa.Text, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("residency")
+    op.drop_table("locations")
     op.drop_table("deletions")
     op.drop_table("holds")
     op.drop_table("audit")

@@ -1,0 +1,137 @@
+"""Where data may live: storage locations with a region and an encryption mode, and
+namespaces that may keep data only in some regions.
+
+An administrator declares locations by URI prefix (``s3://eu-models/``, ``/mnt/lustre/eu``):
+their region and how their writes are encrypted (``sse-s3`` or ``sse-kms`` with a key: the
+blob store then sends those headers on every write). A namespace's residency policy lists
+the regions its data may be in; it applies to the namespace and the namespaces under it.
+Registering a version into a namespace with a policy checks the registry's blob store (when
+the version holds files) and the dataset it points at: a location outside the allowed regions,
+or one nobody declared, is refused with one line saying which and how to fix it. Policy and
+location changes are audited.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import Connection, Engine
+
+from datastore.errors import InvalidInput
+from registry import audit
+from registry import schema as t
+from registry.refs import check_namespace
+
+__all__ = [
+    "ENCRYPTIONS",
+    "Location",
+    "allowed_regions",
+    "check_residency",
+    "location_of",
+    "set_location",
+    "set_residency",
+]
+
+ENCRYPTIONS = ("none", "sse-s3", "sse-kms")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A declared storage location."""
+
+    prefix: str
+    region: str
+    encryption: str
+    kms_key_id: str | None = None
+
+
+def _canonical(uri: str) -> str:
+    from datastore.uri import parse_uri
+
+    return parse_uri(uri).uri.rstrip("/") + "/"
+
+
+def set_location(
+    engine: Engine,
+    uri: str,
+    region: str,
+    encryption: str = "none",
+    kms_key_id: str | None = None,
+    *,
+    actor: str = "operator",
+) -> Location:
+    """Declare (or re-declare) the location ``uri`` (a prefix) with its region and encryption."""
+    if encryption not in ENCRYPTIONS:
+        raise InvalidInput(f"encryption {encryption!r}: one of {', '.join(ENCRYPTIONS)}")
+    if encryption == "sse-kms" and not kms_key_id:
+        raise InvalidInput("sse-kms needs the KMS key id (--kms-key-id)")
+    if not region or not region.replace("-", "").replace("_", "").isalnum():
+        raise InvalidInput(f"region {region!r}: letters, digits, '-' and '_'")
+    loc = Location(_canonical(uri), region, encryption, kms_key_id)
+    with engine.begin() as conn:
+        conn.execute(delete(t.locations).where(t.locations.c.prefix == loc.prefix))
+        conn.execute(insert(t.locations).values(**loc.__dict__))
+        audit.append(conn, actor, "location.set", loc.prefix, dict(loc.__dict__))
+    return loc
+
+
+def location_of(conn: Connection, uri: str) -> Location | None:
+    """The declared location holding ``uri`` (the longest matching prefix), or None."""
+    target = _canonical(uri)
+    best = None
+    for row in conn.execute(select(t.locations)).mappings():
+        if target.startswith(row["prefix"]) and (best is None or len(row["prefix"]) > len(best[0])):
+            best = (row["prefix"], Location(**row))
+    return best[1] if best else None
+
+
+def set_residency(
+    engine: Engine, namespace: str, regions: list[str], *, actor: str = "operator"
+) -> None:
+    """Data of ``namespace`` (and the namespaces under it) may live only in ``regions``
+    (an empty list removes the policy)."""
+    namespace = check_namespace(namespace)
+    with engine.begin() as conn:
+        conn.execute(delete(t.residency).where(t.residency.c.namespace == namespace))
+        if regions:
+            conn.execute(
+                insert(t.residency).values(namespace=namespace, regions=json.dumps(sorted(regions)))
+            )
+        audit.append(conn, actor, "residency.set", namespace, {"regions": sorted(regions)})
+
+
+def allowed_regions(conn: Connection, namespace: str) -> tuple[str, list[str]] | None:
+    """(the namespace whose policy applies, its regions) for ``namespace``, or None."""
+    rows = {
+        r[0]: r[1] for r in conn.execute(select(t.residency.c.namespace, t.residency.c.regions))
+    }
+    parts = namespace.split("/")
+    for i in range(len(parts), 0, -1):
+        owner = "/".join(parts[:i])
+        if owner in rows:
+            return owner, list(json.loads(rows[owner]))
+    return None
+
+
+def check_residency(conn: Connection, namespace: str, uris: list[tuple[str, str]]) -> None:
+    """Refuse (InvalidInput) when a location in ``uris`` ((what, uri) pairs) lies outside the
+    regions ``namespace`` may use."""
+    policy = allowed_regions(conn, namespace)
+    if policy is None:
+        return
+    owner, regions = policy
+    for what, uri in uris:
+        loc = location_of(conn, uri)
+        if loc is None:
+            raise InvalidInput(
+                f"namespace {owner!r} keeps data only in {', '.join(regions)}; {what} {uri} is "
+                "in no declared location: declare it (shardyard registry location set URI "
+                "--region R)"
+            )
+        if loc.region not in regions:
+            raise InvalidInput(
+                f"namespace {owner!r} keeps data only in {', '.join(regions)}; {what} {uri} is "
+                f"in {loc.region} (location {loc.prefix})"
+            )
