@@ -754,6 +754,65 @@ class Registry:
             )
         return self.resolve(parsed.at(row["number"]))
 
+    #: A version tagged ``restricted=true`` passes its access rule to what derives from it.
+    RESTRICTED = ("restricted", "true")
+
+    def restrictions(self, ref: str) -> list[str]:
+        """The restricted ancestors of version ``ref`` (tagged ``restricted=true``, any depth)
+        whose access rule it inherits: only a principal who may read each of them may read
+        it, unless an admin declassified it from that ancestor (:meth:`declassify`)."""
+        key, value = self.RESTRICTED
+        with self._read() as conn:
+            row = self._version_row(conn, parse_ref(ref))
+            closure, nodes = ancestors(conn, [row["id"]])
+            released = set(
+                conn.execute(
+                    select(t.declassifications.c.ancestor_id).where(
+                        t.declassifications.c.child_id == row["id"]
+                    )
+                ).scalars()
+            )
+        return sorted(
+            nodes[i]["ref"]
+            for i in closure[row["id"]]
+            if i in nodes and nodes[i]["tags"].get(key) == value and i not in released
+        )
+
+    def declassify(self, ref: str, ancestor: str, reason: str) -> None:
+        """Record that version ``ref`` no longer inherits restricted ``ancestor``'s access rule
+        (an admin's decision, audited with its reason)."""
+        if not reason.strip():
+            raise InvalidInput("a declassification needs a reason")
+
+        def put(conn: Connection) -> None:
+            child = self._version_row(conn, parse_ref(ref))
+            anc = self._version_row(conn, parse_ref(ancestor))
+            closure, _ = ancestors(conn, [child["id"]])
+            if anc["id"] not in closure[child["id"]]:
+                raise InvalidInput(f"{ancestor} is not upstream of {ref}")
+            conn.execute(
+                delete(t.declassifications).where(
+                    and_(
+                        t.declassifications.c.child_id == child["id"],
+                        t.declassifications.c.ancestor_id == anc["id"],
+                    )
+                )
+            )
+            conn.execute(
+                insert(t.declassifications).values(
+                    child_id=child["id"],
+                    ancestor_id=anc["id"],
+                    at=time.time(),
+                    by=self.actor,
+                    reason=reason,
+                )
+            )
+            audit.append(
+                conn, self.actor, "declassify", ref, {"ancestor": ancestor, "reason": reason}
+            )
+
+        self._retrying(put)
+
     def hold(self, ref: str, reason: str, *, whole_artifact: bool = False) -> int:
         """Put version ``ref`` (or, with ``whole_artifact``, every version of its artifact) under
         legal hold: :meth:`delete` refuses it until the hold is released. Returns the hold id."""

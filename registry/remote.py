@@ -206,6 +206,10 @@ class RemoteRegistry:
     def release_hold(self, hold_id: int, name: str) -> None:
         self._call("DELETE", f"/v1/holds/{hold_id}", params={"name": name})
 
+    def declassify(self, ref: str, ancestor: str, reason: str) -> None:
+        body = {"ref": ref, "ancestor": ancestor, "reason": reason}
+        self._call("POST", "/v1/declassify", json=body)
+
     def delete(self, ref: str, reason: str) -> Version:
         body = {"ref": ref, "reason": reason}
         return Version.from_dict(self._call("POST", "/v1/delete", json=body))

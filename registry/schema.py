@@ -21,6 +21,8 @@ Tables and why they look the way they do:
   ``deletions``: versions whose files were deleted (the version row stays, for audit).
 * ``locations``: storage locations (URI prefixes) with their region and encryption mode;
   ``residency``: the regions a namespace's data may live in: see :mod:`registry.residency`.
+* ``declassifications``: an admin's recorded release of a derived version from a restricted
+  ancestor's access rule (restrictions otherwise follow lineage: see ``Registry.restrictions``).
 
 Times are UNIX seconds (float) so that both backends order and compare them alike.
 """
@@ -47,6 +49,7 @@ __all__ = [
     "artifacts",
     "audit",
     "blob_claims",
+    "declassifications",
     "deletions",
     "edges",
     "files",
@@ -242,4 +245,14 @@ residency = Table(
     metadata,
     Column("namespace", String(512), primary_key=True),
     Column("regions", Text, nullable=False),  # JSON list of allowed regions
+)
+
+declassifications = Table(
+    "declassifications",
+    metadata,
+    Column("child_id", Integer, ForeignKey("versions.id"), primary_key=True),
+    Column("ancestor_id", Integer, ForeignKey("versions.id"), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("by", String(256), nullable=False),
+    Column("reason", Text, nullable=False),
 )

@@ -110,6 +110,12 @@ class DeleteIn(BaseModel):
     reason: str = Field(max_length=4096)
 
 
+class DeclassifyIn(BaseModel):
+    ref: str = Field(max_length=800)
+    ancestor: str = Field(max_length=800)
+    reason: str = Field(max_length=4096)
+
+
 class TokenIn(BaseModel):
     namespace: str = Field(max_length=512)
     role: str = Field(max_length=16)
@@ -176,6 +182,22 @@ def create_app(
     def as_(who: tokens.Principal) -> Registry:
         return registry.acting_as(who.actor)
 
+    def inherited(who: tokens.Principal, ref: str) -> None:
+        """PermissionDenied unless ``who`` may read every restricted ancestor of ``ref``."""
+        for anc in registry.restrictions(ref):
+            if not who.can(ns(anc), "reader"):
+                raise PermissionDenied(
+                    f"{ref} derives from restricted {anc}, which {who.actor} may not read"
+                )
+
+    def readable(who: tokens.Principal, v: Any) -> bool:
+        try:
+            who.require(v.namespace, "reader")
+            inherited(who, str(v.ref))
+        except PermissionDenied:
+            return False
+        return True
+
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
         return {"ok": True, "registry": registry.id}
@@ -183,7 +205,9 @@ def create_app(
     @app.get("/v1/versions/{ref:path}")
     def resolve(ref: str, who: tokens.Principal = Auth) -> dict[str, Any]:
         who.require(ns(ref), "reader")
-        return registry.resolve(ref).to_dict()
+        version = registry.resolve(ref)
+        inherited(who, str(version.ref))
+        return version.to_dict()
 
     @app.get("/v1/versions")
     def versions(
@@ -192,7 +216,7 @@ def create_app(
         who: tokens.Principal = Auth,
     ) -> list[dict[str, Any]]:
         who.require(ns(name), "reader")
-        return [v.to_dict() for v in registry.versions(name, limit)]
+        return [v.to_dict() for v in registry.versions(name, limit) if readable(who, v)]
 
     @app.get("/v1/artifacts")
     def artifacts(
@@ -214,7 +238,7 @@ def create_app(
         if name is not None:
             who.require(ns(name), "reader")
         found = registry.find(tags=pairs, name=name, kind=kind, sha256=sha256, limit=limit)
-        return [v.to_dict() for v in found if who.can(v.namespace, "reader")]
+        return [v.to_dict() for v in found if readable(who, v)]
 
     @app.get("/v1/alias-history")
     def alias_history(
@@ -250,7 +274,9 @@ def create_app(
             upstream_tags=parse_pairs(upstream_tag, "upstream tag"),
         )
         rows = registry.deployable(name, policy)
-        return [{**r, "version": r["version"].to_dict()} for r in rows]
+        return [
+            {**r, "version": r["version"].to_dict()} for r in rows if readable(who, r["version"])
+        ]
 
     @app.post("/v1/uploads")
     def uploads(body: UploadIn, request: Request, who: tokens.Principal = Auth) -> dict[str, Any]:
@@ -373,6 +399,13 @@ def create_app(
         as_(who).release_hold(hold_id)
         return {"released": hold_id}
 
+    @app.post("/v1/declassify")
+    def declassify(body: DeclassifyIn, who: tokens.Principal = Auth) -> dict[str, Any]:
+        who.require(ns(body.ref), "admin")
+        who.require(ns(body.ancestor), "admin")  # the ancestor's owner decides
+        as_(who).declassify(body.ref, body.ancestor, body.reason)
+        return {"ok": True}
+
     @app.post("/v1/delete")
     def delete_version(body: DeleteIn, who: tokens.Principal = Auth) -> dict[str, Any]:
         who.require(ns(body.ref), "admin")
@@ -383,6 +416,7 @@ def create_app(
         """Signed URLs of a version's files (audited as a download)."""
         who.require(ns(ref), "reader")
         version = registry.resolve(ref)
+        inherited(who, str(version.ref))
         if version.revoked_at is not None:
             raise InvalidInput(f"{version.ref} is revoked: it is kept for audit, not for use")
         files = []

@@ -216,3 +216,40 @@ def test_signed_blob_urls_are_checked(server: dict[str, Any], tmp_path: Path) ->
     assert httpx.get(get.replace("exp=", "exp=1")).status_code == 403
     spec = httpx.get(f"{server['url']}/openapi.json").json()
     assert "/v1/versions" in spec["paths"] and "/v1/tokens" in spec["paths"]
+
+
+def test_restrictions_follow_lineage_until_declassified(server: dict[str, Any]) -> None:
+    """A model trained on a restricted dataset of another namespace is readable only by
+    principals who may read that dataset, until an admin of both declassifies it."""
+    reg: Registry = server["reg"]
+    reg.register(
+        "health/records", kind="dataset", dataset=("file:///h", 1), tags={"restricted": "true"}
+    )
+    reg.register(
+        "health/features", kind="dataset", dataset=("file:///f", 1), parents=["health/records:1"]
+    )
+    reg.register(
+        "team/model", kind="model", dataset=("file:///m", 1), parents=["health/features:1"]
+    )
+    reg.register("team/other", kind="model", dataset=("file:///o", 1))
+    assert reg.restrictions("team/model:1") == ["health/records:1"]
+    team = RemoteRegistry(server["url"], server["tokens"]["reader"])
+    with pytest.raises(PermissionDenied, match="derives from restricted health/records:1"):
+        team.resolve("team/model:1")
+    with pytest.raises(PermissionDenied, match="restricted"):
+        team._call("GET", "/v1/downloads/team/model:1")
+    assert team.versions("team/model") == [] and team.resolve("team/other:1").number == 1
+    both, _ = tokens.create_token(reg.engine, "team", "reader")
+    tokens_health, _ = tokens.create_token(reg.engine, "health", "reader")
+    assert RemoteRegistry(server["url"], tokens_health).resolve("health/records:1").number == 1
+    with pytest.raises(PermissionDenied):
+        RemoteRegistry(server["url"], server["tokens"]["admin"]).declassify(
+            "team/model:1", "health/records:1", "aggregated, reviewed"
+        )  # a team admin cannot release another namespace's data
+    root, _ = tokens.create_token(reg.engine, "*", "admin")
+    RemoteRegistry(server["url"], root).declassify(
+        "team/model:1", "health/records:1", "aggregated, reviewed by DPO"
+    )
+    assert RemoteRegistry(server["url"], both).resolve("team/model:1").number == 1
+    assert reg.restrictions("team/model:1") == []
+    assert audit.records(reg.engine, action="declassify")[0].detail["reason"].startswith("agg")

@@ -1,5 +1,6 @@
 """Governance: API tokens (hashed secrets, namespace scope, role, expiry, revocation), the
-hash-chained audit trail, legal holds and deletions, storage locations and residency.
+hash-chained audit trail, legal holds and deletions, storage locations and residency,
+declassifications.
 
 Revision ID: 0004
 Revises: 0003
@@ -73,9 +74,18 @@ def upgrade() -> None:
         sa.Column("namespace", sa.String(512), primary_key=True),
         sa.Column("regions", sa.Text, nullable=False),
     )
+    op.create_table(
+        "declassifications",
+        sa.Column("child_id", sa.Integer, sa.ForeignKey("versions.id"), primary_key=True),
+        sa.Column("ancestor_id", sa.Integer, sa.ForeignKey("versions.id"), primary_key=True),
+        sa.Column("at", sa.Float, nullable=False),
+        sa.Column("by", sa.String(256), nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("declassifications")
     op.drop_table("residency")
     op.drop_table("locations")
     op.drop_table("deletions")
