@@ -167,8 +167,8 @@ class BlobStore:
         if staged.source is None:
             if not self.has(staged.sha256, staged.size):
                 raise NotFound(
-                    f"blob {staged.sha256} ({staged.path}) is missing from {self.uri}: it "
-                    "was deleted after the version that held it was read; save again"
+                    f"blob {staged.sha256} ({staged.path}) is not in {self.uri}: upload it "
+                    "first (or save again if it was deleted meanwhile)"
                 )
             return False
         if not staged.owned:

@@ -161,7 +161,13 @@ def create_app(
     @app.middleware("http")
     async def _limit(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
-        limit = max_upload if request.url.path.startswith("/v1/blobs/") else MAX_JSON
+        blob = request.url.path.startswith("/v1/blobs/")
+        limit = max_upload if blob else MAX_JSON
+        if length is None and not blob and request.method in ("POST", "PUT", "PATCH"):
+            # a chunked JSON body would be read whole before any check: refuse it
+            return JSONResponse(
+                {"error": "LengthRequired", "message": "send a Content-Length"}, 411
+            )
         if length is not None and (not length.isdigit() or int(length) > limit):
             return JSONResponse(
                 {"error": "TooLarge", "message": f"request body over {limit:,} bytes"}, 413

@@ -174,6 +174,12 @@ def test_every_refusal_is_clear_and_changes_nothing(server: dict[str, Any], tmp_
         headers={"authorization": f"Bearer {t['writer']}", "content-type": "application/json"},
     )
     assert big.status_code == 413
+    chunked = httpx.post(
+        f"{url}/v1/versions",
+        content=iter([b"{}"]),
+        headers={"authorization": f"Bearer {t['writer']}", "content-type": "application/json"},
+    )
+    assert chunked.status_code == 411, "no length, no body"
     # expired and revoked tokens
     short, _ = tokens.create_token(reg.engine, "team", "reader", expires_in=0.2)
     time.sleep(0.3)
