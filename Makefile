@@ -85,6 +85,7 @@ bench: $(VENV)/.all benchmarks/.peers/.done benchmarks/.mlflow/.done
 	$(PY) benchmarks/bench_registry.py
 	$(PY) benchmarks/bench_checkpoints.py --s3
 	$(PY) benchmarks/bench_retrieval.py
+	$(PY) benchmarks/bench_server.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache

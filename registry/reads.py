@@ -130,10 +130,17 @@ class Reader:
         if sha256 is not None:
             where.append("v.id IN (SELECT version_id FROM files WHERE sha256 = ?)")
             params.append(sha256)
-        for key, value in tags:
+        for key, value in tags[1:]:
             where.append("v.id IN (SELECT version_id FROM tags WHERE key = ? AND value = ?)")
             params += [key, value]
         sql = f"SELECT {_COLS} FROM artifacts a JOIN versions v ON v.artifact_id = a.id"
+        if tags:  # driven from the (key, value) index: a tag picks few of many versions
+            sql = (
+                f"SELECT {_COLS} FROM tags tg JOIN versions v ON v.id = tg.version_id "
+                "JOIN artifacts a ON a.id = v.artifact_id"
+            )
+            where.insert(0, "tg.key = ? AND tg.value = ?")
+            params = [tags[0][0], tags[0][1], *params]
         if where:
             sql += " WHERE " + " AND ".join(where)
         if limit is None:
