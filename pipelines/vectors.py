@@ -259,6 +259,8 @@ def check_filter(where: str) -> str:
                 break
         elif ch == ";" or where[i : i + 2] in ("--", "/*", "*/"):
             raise InvalidInput(f"filter {where!r}: comments and ';' are not allowed")
+        elif ch in "$`":  # dollar-quoted strings and backtick identifiers hide parentheses
+            raise InvalidInput(f"filter {where!r}: use '...' strings ($ and ` are not allowed)")
         i += 1
     if depth != 0 or quote is not None:
         raise InvalidInput(f"filter {where!r} has unbalanced parentheses or quotes")

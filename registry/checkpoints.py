@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -450,7 +451,7 @@ def save_async(
     if unknown:
         raise InvalidInput(f"save_async got unknown arguments: {', '.join(sorted(unknown))}")
     with _POOLS_LOCK:
-        arenas = _ARENAS.setdefault(id(registry), [])
+        arenas = _ARENAS.setdefault(registry, [])
         arena = arenas.pop() if arenas else None
     try:
         tensors, arena = _snapshot(state_dict, arena)
@@ -460,9 +461,9 @@ def save_async(
         raise
     # one writer per registry object: saves register in the order they were asked for
     with _POOLS_LOCK:
-        pool = _POOLS.get(id(registry))
+        pool = _POOLS.get(registry)
         if pool is None:
-            pool = _POOLS[id(registry)] = ThreadPoolExecutor(1, thread_name_prefix="shardyard-save")
+            pool = _POOLS[registry] = ThreadPoolExecutor(1, thread_name_prefix="shardyard-save")
 
     def run(*args: Any) -> Version:
         try:
@@ -485,14 +486,15 @@ def save_async(
     return SaveHandle(future)
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_ARENAS: dict[int, list[torch.Tensor]] = {}  # snapshot buffers free for the next save_async
+# Per registry object (weakly: a dropped registry frees its snapshot buffers and thread)
+_POOLS: weakref.WeakKeyDictionary[Registry, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+_ARENAS: weakref.WeakKeyDictionary[Registry, list[torch.Tensor]] = weakref.WeakKeyDictionary()
 _POOLS_LOCK = threading.Lock()
 
 
 def _give_back(registry: Registry, arena: torch.Tensor) -> None:
     with _POOLS_LOCK:
-        free = _ARENAS.setdefault(id(registry), [])
+        free = _ARENAS.setdefault(registry, [])
         if len(free) < 2:  # keep at most two snapshots' memory around
             free.append(arena)
 

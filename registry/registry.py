@@ -762,6 +762,14 @@ class Registry:
         whose access rule it inherits: only a principal who may read each of them may read
         it, unless an admin declassified it from that ancestor (:meth:`declassify`)."""
         key, value = self.RESTRICTED
+        with self._reader.cursor() as cur:  # the common case: nothing is restricted at all
+            cur.execute(
+                self._reader._sql("SELECT 1 FROM tags WHERE key = ? AND value = ? LIMIT 1"),
+                (key, value),
+            )
+            if cur.fetchone() is None:
+                parse_ref(ref)
+                return []
         with self._read() as conn:
             row = self._version_row(conn, parse_ref(ref))
             closure, nodes = ancestors(conn, [row["id"]])
@@ -822,6 +830,12 @@ class Registry:
 
         def put(conn: Connection) -> int:
             row = self._version_row(conn, parsed)
+            _lock_version(conn, row["id"])  # against a concurrent delete
+            gone = conn.execute(
+                select(t.deletions.c.version_id).where(t.deletions.c.version_id == row["id"])
+            ).first()
+            if gone is not None and not whole_artifact:
+                raise InvalidInput(f"{parsed.at(row['number'])} was deleted: nothing to hold")
             hid = _new_id(
                 conn,
                 insert(t.holds).values(
@@ -886,6 +900,7 @@ class Registry:
 
         def drop(conn: Connection) -> Any:
             row = self._version_row(conn, parsed)
+            _lock_version(conn, row["id"])  # a hold committed meanwhile is seen below
             h = t.holds.c
             held = conn.execute(
                 select(h.id, h.reason).where(
@@ -939,6 +954,13 @@ class Registry:
 #: created the row first), deadlock, serialization failure. On SQLite writers are serialized
 #: by BEGIN IMMEDIATE, so an integrity error there is the data's and is never retried.
 _RETRYABLE = {"23505", "40P01", "40001"}
+
+
+def _lock_version(conn: Connection, version_id: int) -> None:
+    """Hold version ``version_id``'s row until the transaction ends (PostgreSQL: FOR UPDATE,
+    so holds and deletions of one version serialise; SQLite: the write lock already does)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(t.versions.c.id).where(t.versions.c.id == version_id).with_for_update())
 
 
 def _encrypted(engine: Engine, uri: str, config: StorageConfig | None) -> StorageConfig | None:

@@ -103,16 +103,20 @@ def set_residency(
 
 
 def allowed_regions(conn: Connection, namespace: str) -> tuple[str, list[str]] | None:
-    """(the namespace whose policy applies, its regions) for ``namespace``, or None."""
+    """(the namespaces whose policies apply, the regions all of them allow) for
+    ``namespace``, or None when none has a policy."""
     rows = {
         r[0]: r[1] for r in conn.execute(select(t.residency.c.namespace, t.residency.c.regions))
     }
     parts = namespace.split("/")
-    for i in range(len(parts), 0, -1):
-        owner = "/".join(parts[:i])
-        if owner in rows:
-            return owner, list(json.loads(rows[owner]))
-    return None
+    owners = [o for o in ("/".join(parts[: i + 1]) for i in range(len(parts))) if o in rows]
+    if not owners:
+        return None
+    allowed: set[str] | None = None
+    for owner in owners:  # a sub-namespace can narrow its parents' policy, never widen it
+        regions = set(json.loads(rows[owner]))
+        allowed = regions if allowed is None else allowed & regions
+    return " and ".join(owners), sorted(allowed or set())
 
 
 def check_residency(conn: Connection, namespace: str, uris: list[tuple[str, str]]) -> None:

@@ -19,12 +19,14 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from datastore.errors import (
     AlreadyExists,
@@ -41,6 +43,7 @@ from registry.blobs import Staged
 from registry.policy import Policy, parse_condition
 from registry.refs import parse_pairs, parse_ref
 from registry.registry import Registry
+from registry.residency import check_residency
 
 __all__ = ["create_app"]
 
@@ -138,20 +141,34 @@ def create_app(
         description="Versioned datasets, checkpoints, models and indexes with lineage.",
     )
 
-    def sign(method: str, sha: str, size: int, exp: int) -> str:
-        msg = f"{method}\n{sha}\n{size}\n{exp}".encode()
+    # (principal, sha256) -> when it proved it holds the bytes (uploaded them through a URL it
+    # was issued): only then, or when it may read a version holding the blob, may it register
+    # a version holding it. A bare hash is not enough (it would let a writer attach, and then
+    # download, another namespace's files).
+    proofs: dict[tuple[str, str], float] = {}
+    proofs_lock = threading.Lock()
+
+    def sign(method: str, sha: str, size: int, exp: int, actor: str) -> str:
+        msg = f"{method}\n{sha}\n{size}\n{exp}\n{actor}".encode()
         return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
-    def blob_url(request: Request, method: str, sha: str, size: int) -> str:
+    def blob_url(request: Request, method: str, sha: str, size: int, actor: str) -> str:
         exp = int(time.time() + url_ttl)
         base = str(request.base_url).rstrip("/")
-        return f"{base}/v1/blobs/{sha}?size={size}&exp={exp}&sig={sign(method, sha, size, exp)}"
+        sig = sign(method, sha, size, exp, actor)
+        return f"{base}/v1/blobs/{sha}?size={size}&exp={exp}&a={actor}&sig={sig}"
 
-    def check_signature(method: str, sha: str, size: int, exp: int, sig: str) -> None:
-        if not hmac.compare_digest(sign(method, sha, size, exp).encode(), sig.encode()):
+    def check_signature(method: str, sha: str, size: int, exp: int, actor: str, sig: str) -> None:
+        if not hmac.compare_digest(sign(method, sha, size, exp, actor).encode(), sig.encode()):
             raise PermissionDenied("the blob URL's signature is not valid")
         if exp < time.time():
             raise PermissionDenied("the blob URL has expired: ask for a new one")
+
+    def may_use_blob(who: tokens.Principal, sha: str) -> bool:
+        with proofs_lock:
+            if (who.actor, sha) in proofs:
+                return True
+        return any(readable(who, v) for v in registry.find(sha256=sha, limit=50))
 
     @app.exception_handler(ShardyardError)
     async def _errors(_: Request, err: ShardyardError) -> JSONResponse:
@@ -263,7 +280,16 @@ def create_app(
         who: tokens.Principal = Auth,
     ) -> dict[str, Any]:
         who.require(ns(ref), "reader")
-        return registry.lineage(ref, direction, depth).to_dict()  # type: ignore[arg-type]
+        inherited(who, ref)
+        doc = registry.lineage(ref, direction, depth).to_dict()  # type: ignore[arg-type]
+        hidden = {n["ref"] for n in doc["nodes"] if not who.can(ns(n["ref"]), "reader")}
+        for n in doc["nodes"]:
+            if n["ref"] in hidden:  # another namespace's version: that it exists, nothing more
+                n.update(ref="(hidden)", tags={}, kind="hidden")
+        for e in doc["edges"]:
+            e["parent"] = "(hidden)" if e["parent"] in hidden else e["parent"]
+            e["child"] = "(hidden)" if e["child"] in hidden else e["child"]
+        return doc
 
     @app.get("/v1/deployable")
     def deployable(
@@ -288,51 +314,74 @@ def create_app(
     def uploads(body: UploadIn, request: Request, who: tokens.Principal = Auth) -> dict[str, Any]:
         """Signed upload URLs for the blobs of a coming registration the store lacks."""
         who.require(ns(body.name), "writer")
+        with registry.engine.connect() as conn:  # before any byte is sent where it may not be
+            check_residency(conn, ns(body.name), [("blob store", registry.blob_location)])
         urls = {}
         for f in body.files:
             if f.size > max_upload:
                 raise InvalidInput(f"{f.path}: {f.size:,} bytes is over {max_upload:,}")
-            if not registry.blobs.has(f.sha256, f.size):
-                urls[f.sha256] = blob_url(request, "PUT", f.sha256, f.size)
+            if not (registry.blobs.has(f.sha256, f.size) and may_use_blob(who, f.sha256)):
+                urls[f.sha256] = blob_url(request, "PUT", f.sha256, f.size, who.actor)
         return {"upload": urls}
 
     @app.put("/v1/blobs/{sha}")
     async def put_blob(
-        sha: str, request: Request, size: int, exp: int, sig: str = Query(max_length=64)
+        sha: str,
+        request: Request,
+        size: int,
+        exp: int,
+        a: str = Query(max_length=64),
+        sig: str = Query(max_length=64),
     ) -> dict[str, Any]:
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise InvalidInput("a blob name is a sha256 in hex")
-        check_signature("PUT", sha, size, exp, sig)
-        if registry.blobs.has(sha, size):
-            return {"stored": False}
-        dest = registry.blobs.staging_file()
+        check_signature("PUT", sha, size, exp, a, sig)
+        known = await run_in_threadpool(registry.blobs.has, sha, size)
+        dest = None if known else registry.blobs.staging_file()
         h = hashlib.sha256()
         got = 0
+        f = await run_in_threadpool(open, dest, "wb") if dest is not None else None
         try:
-            with open(dest, "wb") as f:
-                async for chunk in request.stream():
-                    got += len(chunk)
-                    if got > size:
-                        raise InvalidInput(f"the upload is longer than the {size:,} bytes signed")
-                    h.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+            async for chunk in request.stream():  # hashed even when stored: proof of holding it
+                got += len(chunk)
+                if got > size:
+                    raise InvalidInput(f"the upload is longer than the {size:,} bytes signed")
+                h.update(chunk)
+                if f is not None:
+                    await run_in_threadpool(f.write, chunk)
+            if f is not None:
+                await run_in_threadpool(_close_synced, f)
+                f = None
             if got != size or h.hexdigest() != sha:
                 raise Corrupt(
                     f"the upload ({got:,} bytes, sha256 {h.hexdigest()}) is not blob {sha} "
                     f"({size:,} bytes)"
                 )
-            stored = registry.blobs.put_staged(Staged("upload", sha, size, dest, owned=True))
+            stored = False
+            if dest is not None:
+                staged = Staged("upload", sha, size, dest, owned=True)
+                stored = await run_in_threadpool(registry.blobs.put_staged, staged)
+            with proofs_lock:
+                proofs[(a, sha)] = time.time()
+            await run_in_threadpool(
+                registry.acting_as(a).record, "upload", f"blob:{sha}", {"size": size}
+            )
         finally:
-            dest.unlink(missing_ok=True)
+            if f is not None:
+                f.close()
+            if dest is not None:
+                dest.unlink(missing_ok=True)
         return {"stored": stored}
 
     @app.get("/v1/blobs/{sha}", response_model=None)
     def get_blob(
-        sha: str, size: int, exp: int, sig: str = Query(max_length=64)
+        sha: str,
+        size: int,
+        exp: int,
+        a: str = Query(max_length=64),
+        sig: str = Query(max_length=64),
     ) -> FileResponse | RedirectResponse:
-        check_signature("GET", sha, size, exp, sig)
+        check_signature("GET", sha, size, exp, a, sig)
         path = registry.blobs.local_path(sha)
         if path is None or not path.is_file():
             raise NotFound(f"blob {sha} is not in this server's store")
@@ -348,6 +397,12 @@ def create_app(
             if body.dataset_version is None:
                 raise InvalidInput("dataset_uri needs dataset_version")
             dataset = (body.dataset_uri, body.dataset_version)
+        for f in body.files:
+            if not may_use_blob(who, f.sha256):
+                raise PermissionDenied(
+                    f"{f.path}: blob {f.sha256} is neither one {who.actor} uploaded nor one it "
+                    "may read: upload it (POST /v1/uploads)"
+                )
         staged = [Staged(f.path, f.sha256, f.size) for f in body.files]
         v = as_(who).register(
             body.name,
@@ -364,12 +419,14 @@ def create_app(
     @app.post("/v1/aliases")
     def set_alias(body: AliasIn, who: tokens.Principal = Auth) -> dict[str, Any]:
         who.require(ns(body.ref), "writer")
+        inherited(who, body.ref)
         return as_(who).set_alias(body.ref, body.alias).to_dict()
 
     @app.post("/v1/releases")
     def release(body: ReleaseIn, who: tokens.Principal = Auth) -> list[dict[str, Any]]:
         for ref in body.refs:
             who.require(ns(ref), "writer")
+            inherited(who, ref)
         return [v.to_dict() for v in as_(who).release(body.refs, body.alias)]
 
     @app.post("/v1/links")
@@ -382,6 +439,7 @@ def create_app(
     @app.post("/v1/revoke")
     def revoke(body: RevokeIn, who: tokens.Principal = Auth) -> dict[str, Any]:
         who.require(ns(body.ref), "admin")
+        inherited(who, body.ref)
         return as_(who).revoke(body.ref, body.reason).to_dict()
 
     @app.post("/v1/holds")
@@ -392,7 +450,7 @@ def create_app(
 
     @app.get("/v1/holds")
     def holds(name: str = Query(max_length=700), who: tokens.Principal = Auth) -> list[Any]:
-        who.require(ns(name), "reader")
+        who.require(ns(name), "admin")
         return registry.holds(name)
 
     @app.delete("/v1/holds/{hold_id}")
@@ -415,6 +473,7 @@ def create_app(
     @app.post("/v1/delete")
     def delete_version(body: DeleteIn, who: tokens.Principal = Auth) -> dict[str, Any]:
         who.require(ns(body.ref), "admin")
+        inherited(who, body.ref)
         return as_(who).delete(body.ref, body.reason).to_dict()
 
     @app.get("/v1/downloads/{ref:path}")
@@ -428,7 +487,7 @@ def create_app(
         files = []
         for f in version.files:
             if registry.blobs.is_local:
-                url = blob_url(request, "GET", f.sha256, f.size)
+                url = blob_url(request, "GET", f.sha256, f.size, who.actor)
             else:
                 url = registry.blobs.store.presign(  # type: ignore[attr-defined]
                     registry.blobs.key(f.sha256), int(url_ttl)
@@ -470,7 +529,7 @@ def create_app(
         found = audit.records(
             registry.engine, since=since, actor=actor, target=artifact, action=action, limit=limit
         )
-        return [r.to_dict() for r in found if _visible(who, r.target)]
+        return [r.to_dict() for r in found if _visible(who, r)]
 
     @app.get("/v1/audit/verify")
     def audit_verify(who: tokens.Principal = Auth) -> dict[str, Any]:
@@ -481,16 +540,36 @@ def create_app(
     return app
 
 
-def _visible(who: tokens.Principal, target: str) -> bool:
-    """Whether an audit record's target lies in the principal's namespaces."""
+_REF_ACTIONS = {
+    "register",
+    "alias",
+    "release",
+    "link",
+    "revoke",
+    "download",
+    "delete",
+    "hold",
+    "declassify",
+}
+
+
+def _visible(who: tokens.Principal, record: Any) -> bool:
+    """Whether an audit record concerns the principal's namespaces (records about tokens,
+    blobs, locations, residency and hold releases: only for a token of every namespace)."""
     if who.namespace == "*":
         return True
-    if target.startswith(("token:", "blob:")):
+    if record.action not in _REF_ACTIONS:
         return False
     try:
-        return who.covers(parse_ref(target).namespace)
+        return who.covers(parse_ref(record.target).namespace)
     except ShardyardError:
         return False
+
+
+def _close_synced(f: Any) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
 
 
 def serve(

@@ -192,10 +192,10 @@ def test_async_snapshots_reuse_a_finished_saves_buffer(reg: Registry) -> None:
     first = _state(8)
     h1 = ck.save_async(reg, first, "runs/g", step=1)
     v1 = h1.wait(60)
-    arena = ck._ARENAS[id(reg)][-1]
+    arena = ck._ARENAS[reg][-1]
     second = {k: v + 1 if v.is_floating_point() else v for k, v in first.items()}
     h2 = ck.save_async(reg, second, "runs/g", step=2)
-    assert all(a is not arena for a in ck._ARENAS[id(reg)]), "taken by save 2"
+    assert all(a is not arena for a in ck._ARENAS[reg]), "taken by save 2"
     v2 = h2.wait(60)
     back1, back2 = ck.load(reg, str(v1.ref)), ck.load(reg, str(v2.ref))
     for name in first:

@@ -259,3 +259,36 @@ def test_restrictions_follow_lineage_until_declassified(server: dict[str, Any]) 
     assert RemoteRegistry(server["url"], both).resolve("team/model:1").number == 1
     assert reg.restrictions("team/model:1") == []
     assert audit.records(reg.engine, action="declassify")[0].detail["reason"].startswith("agg")
+
+
+def test_a_hash_alone_does_not_grant_another_namespaces_blob(
+    server: dict[str, Any], tmp_path: Path
+) -> None:
+    """A writer cannot attach (and then download) a blob of a namespace it may not read by
+    naming its sha256; uploading the bytes proves it holds them, and then it may."""
+    import hashlib
+
+    reg: Registry = server["reg"]
+    secret = write_files(tmp_path / "s", **{"payroll.csv": "name,salary\nann,1\n"})
+    v = reg.register("other/payroll", [secret], kind="dataset")
+    sha, size = v.files[0].sha256, v.files[0].size
+    w = RemoteRegistry(server["url"], server["tokens"]["writer"])
+    body = {
+        "name": "team/copy",
+        "kind": "dataset",
+        "files": [{"path": "x.csv", "sha256": sha, "size": size}],
+    }
+    with pytest.raises(PermissionDenied, match=r"neither one .* uploaded nor one it may read"):
+        w._call("POST", "/v1/versions", json=body)
+    urls = w._call("POST", "/v1/uploads", json={"name": "team/copy", "files": body["files"]})
+    assert sha in urls["upload"], "an existing blob still needs its bytes from this principal"
+    wrong = httpx.put(urls["upload"][sha], content=b"x" * size)
+    assert wrong.status_code == 422
+    with pytest.raises(PermissionDenied):
+        w._call("POST", "/v1/versions", json=body)
+    ok = httpx.put(urls["upload"][sha], content=(secret / "payroll.csv").read_bytes())
+    assert ok.status_code == 200 and ok.json() == {"stored": False}
+    assert hashlib.sha256((secret / "payroll.csv").read_bytes()).hexdigest() == sha
+    assert w._call("POST", "/v1/versions", json=body)["ref"] == "team/copy:1"
+    uploads = audit.records(reg.engine, action="upload")
+    assert uploads and uploads[-1].actor == f"token:{server['ids']['writer']}"
