@@ -58,7 +58,7 @@ from pipelines.work import WorkDir, job_work_uri
 
 __all__ = ["EmbedConfig", "EmbedReport", "embed"]
 
-_LAYOUT_VERSION = 2  # 2: tasks of _ROWS_PER_TASK rows
+_LAYOUT_VERSION = 3  # 2: tasks of _ROWS_PER_TASK rows; 3: doc_hash covers groups and metadata
 _CHUNK_BY = ("tokens", "chars")
 _QUARANTINE_IDS = 100  # ids listed per reason in the report (all are counted)
 #: Documents per task: fixed (not from the worker count), so a rerun with other workers
@@ -410,6 +410,7 @@ def _embed_part(job: _Job, part: int, start: int, stop: int, row_base: int) -> d
     rows.update({k: [] for k in ("source", "access_groups", "metadata", "doc_hash")})
     unchanged = embedded = 0
     source = f"{job.source_uri}@v{job.source_version}"
+    chunking = [cfg.chunk_by, cfg.chunk_size, cfg.overlap, cfg.public_by_default]
     for i, raw in enumerate(texts_raw):
         doc_id = ids[i]
         try:
@@ -423,19 +424,22 @@ def _embed_part(job: _Job, part: int, start: int, stop: int, row_base: int) -> d
         if len(text) > cfg.max_doc_chars:
             quarantined["too_large"].append(f"{doc_id} ({len(text):,} chars)")
             continue
-        doc_hash = hashlib.sha256(raw or b"").hexdigest()
-        docs.append((doc_id, doc_hash))
-        if f"{doc_id}\0{doc_hash}" in job.known:
-            unchanged += 1
-            continue
         try:
             acl = _groups(groups[i] if groups is not None else None, cfg)
         except InvalidInput as err:
             quarantined["bad_groups"].append(f"{doc_id} ({err})")
-            docs.pop()
+            continue
+        meta = json.dumps({c: m[i] for c, m in zip(cfg.metadata_fields, metas, strict=True)})
+        # What the document's chunks carry: text, access groups, metadata and how it is cut;
+        # a change to any of them (groups narrowed, say) re-embeds it.
+        doc_hash = hashlib.sha256(
+            (raw or b"") + b"\0" + json.dumps([acl, meta, chunking]).encode()
+        ).hexdigest()
+        docs.append((doc_id, doc_hash))
+        if f"{doc_id}\0{doc_hash}" in job.known:
+            unchanged += 1
             continue
         spans = _spans(embedder, text, cfg)
-        meta = json.dumps({c: m[i] for c, m in zip(cfg.metadata_fields, metas, strict=True)})
         for n, (a, b) in enumerate(spans):
             rows["chunk_id"].append(f"{doc_id}#{n}")
             rows["doc_id"].append(doc_id)

@@ -1,8 +1,9 @@
 """The audit trail: an append-only, hash-chained record of who did what to the registry.
 
 Every record has a sequence number (1, 2, 3... without gaps), a time, the actor, an action
-(``register``, ``alias``, ``release``, ``revoke``, ``link``, ``download``, ``search``,
-``token.create``, ``token.revoke``, ``gc.delete``...), its target (a reference or a token id)
+(``register``, ``alias``, ``release``, ``revoke``, ``link``, ``download``, ``upload``,
+``delete``, ``hold``, ``declassify``, ``token.create``, ``token.revoke``, ``gc.delete``,
+``location.set``, ``residency.set``...), its target (a reference, token, blob or namespace)
 and details (JSON). Its ``hash`` is the sha256 of the previous record's hash and its own
 canonical content, so :func:`verify` finds any record edited, inserted or removed in the
 database afterwards and names the first one that breaks the chain. Records are written in the

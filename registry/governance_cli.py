@@ -36,6 +36,15 @@ def _engine(db: str | None) -> Any:
     return open_engine(location)
 
 
+def _operator() -> Any:
+    """The local operator (database access: every right), named after the OS user as local
+    registry changes are."""
+    from registry.registry import _whoami
+    from registry.tokens import Principal
+
+    return Principal(_whoami(), "*", "admin")
+
+
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
@@ -55,7 +64,9 @@ def token_create(
     from registry.tokens import create_token, parse_duration
 
     lifetime = parse_duration(expires) if expires else None
-    secret, info = create_token(_engine(db), namespace, role, expires_in=lifetime, note=note)
+    secret, info = create_token(
+        _engine(db), namespace, role, expires_in=lifetime, note=note, by=_operator()
+    )
     if as_json:
         typer.echo(json.dumps({"token": secret, **info.to_dict()}, indent=2, sort_keys=True))
         return
@@ -90,7 +101,7 @@ def token_revoke(
     """Revoke a token: its next request is refused."""
     from registry.tokens import revoke_token
 
-    info = revoke_token(_engine(db), token_id)
+    info = revoke_token(_engine(db), token_id, by=_operator())
     typer.echo(f"revoked {info.id} ({info.role} in {info.namespace!r})")
 
 
@@ -215,7 +226,7 @@ def location_set(
     headers)."""
     from registry.residency import set_location
 
-    loc = set_location(_engine(db), uri, region, encryption, kms_key_id)
+    loc = set_location(_engine(db), uri, region, encryption, kms_key_id, actor=_operator().actor)
     typer.echo(f"{loc.prefix}: {loc.region}, encryption {loc.encryption}")
 
 
@@ -244,5 +255,5 @@ def residency_set(
     """Allow the namespace's data only in these regions (no --region: remove the policy)."""
     from registry.residency import set_residency
 
-    set_residency(_engine(db), namespace, region)
+    set_residency(_engine(db), namespace, region, actor=_operator().actor)
     typer.echo(f"{namespace}: {', '.join(region) if region else 'no residency policy'}")

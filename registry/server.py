@@ -5,8 +5,9 @@ Blobs never travel with a bearer token: after the role check the server hands ou
 signed URLs (HMAC over method, blob, size and expiry with a key of this server process), to an
 S3 presigned GET when the blob store is ``s3://`` and to its own ``/v1/blobs`` endpoint
 otherwise; an upload URL is for one blob of one size, and the server checks the sha256 while it
-stores it. Clients therefore need no bucket credentials. Every change, download and token
-operation is written to the audit trail with the token as actor.
+stores it. Clients therefore need no bucket credentials. Every change, upload, download and
+token operation is written to the audit trail with the token as actor (reads of versions'
+metadata are not).
 
 Errors are JSON ``{"error": KIND, "message": ...}`` with 400 (bad input), 401 (no, unknown,
 expired or revoked token), 403 (role or namespace), 404, 409, 413 (request too large) and 422

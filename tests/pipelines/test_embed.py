@@ -132,7 +132,6 @@ def test_appends_recompute_only_new_and_changed_documents(corpus: dict[str, Any]
     db = str(root / "db2")
     first = embed(corpus["uri"], db, _config())
     before = _rows(db)
-    assert not any(g == () for _, _, g in before.values()) or True
     unchanged = embed(corpus["uri"], db, _config())
     assert (unchanged.documents_unchanged, unchanged.chunks_added) == (12, 0)
     assert unchanged.table_version == first.table_version, "nothing changed: no new version"
@@ -141,17 +140,20 @@ def test_appends_recompute_only_new_and_changed_documents(corpus: dict[str, Any]
     ids = [f"doc{i}" for i in range(12) if i != 5] + ["doc12"]
     new_texts = [t for i, t in enumerate(texts) if i != 5] + [_docs(1, 40)[0]]
     groups = [g for i, g in enumerate(corpus["groups"]) if i != 5] + [["ml"]]
+    groups[0] = ["legal"]  # doc0: same text, narrower access
     v2 = str(root / "docs")  # a new version of the same dataset
     _write(v2, ids, new_texts, groups)
     report = embed(v2, db, _config())
-    assert report.documents_embedded == 2 and report.documents_unchanged == 10
+    assert report.documents_embedded == 3 and report.documents_unchanged == 9
     assert report.documents_removed == 1
     after = _rows(db)
     assert not any(c.startswith("doc5#") for c in after), "the removed document's chunks go"
     assert any(c.startswith("doc12#") for c in after)
     for cid, row in before.items():
-        if cid.split("#")[0] not in ("doc1", "doc5"):
+        if cid.split("#")[0] not in ("doc0", "doc1", "doc5"):
             assert after[cid] == row, f"{cid} recomputed or changed"
+    doc0 = [g for c, (_, _, g) in after.items() if c.startswith("doc0#")]
+    assert doc0 and all(g == ("legal",) for g in doc0), "a change of groups alone re-applies"
     assert [c for c in after if c.startswith("doc1#")], "the changed document is there"
 
 
