@@ -117,7 +117,9 @@ def test_chunks_cover_documents_and_vectors_match_the_model(corpus: dict[str, An
     assert np.all(np.sum(direct * stored, axis=1) > 0.999)
     # search with the model: a chunk's own text finds it first, for a principal that may read it
     idx = open_index(report.table_uri)
-    target = next(r for r in rows if "hr" in r["access_groups"])
+    texts = [r["text"] for r in rows]
+    # a chunk no other document shares word for word (licence files repeat whole paragraphs)
+    target = next(r for r in rows if "hr" in r["access_groups"] and texts.count(r["text"]) == 1)
     for mode in ("vector", "hybrid"):
         hits = idx.search(target["text"], 3, mode=mode, groups=["hr"])
         assert hits[0].chunk_id == target["chunk_id"], mode
@@ -318,7 +320,9 @@ def test_cli_json_and_one_line_errors(corpus: dict[str, Any], tmp_path: Path) ->
     )
     assert found.returncode == 0, found.stderr
     hits = json.loads(found.stdout)
-    assert len(hits) == 3 and hits[0]["doc_id"] == "doc0"
+    # (several licence files share their opening lines: doc0 is among the best, not always first)
+    assert len(hits) == 3 and "doc0" in [h["doc_id"] for h in hits]
+    assert all({"eng", "*"} & set(h["access_groups"]) for h in hits)
     assert {"chunk_id", "doc_id", "score", "text"} <= set(hits[0])
     for args, message in [
         (["index", "search", table, "q", "--where", "1=1) OR (1=1"], "unbalanced"),
