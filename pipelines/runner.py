@@ -73,15 +73,24 @@ def dask_client(
         k: os.environ.pop(k) for k, v in (pre_spawn or {}).items() if v is None and k in os.environ
     }
     with dask.config.set(before):
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=execution.processes,
-            memory_limit=memory,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-            **extra,
-        )
+        for attempt in range(3):
+            try:
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=execution.processes,
+                    memory_limit=memory,
+                    dashboard_address=":0",
+                    silence_logs=logging.ERROR,
+                    **extra,
+                )
+                break
+            except AssertionError:
+                # distributed gives its IO-loop thread 10 s to start and then fails an
+                # assertion: on an overloaded machine, try again rather than fail the job
+                if attempt == 2:
+                    raise
+                echo("dask: the LocalCluster's event loop did not start in time; retrying")
     os.environ.update(saved)
     try:
         client = Client(cluster)

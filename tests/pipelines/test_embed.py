@@ -33,6 +33,18 @@ CORPUS = REPO / "examples" / "corpus" / "docs.jsonl"
 pytestmark = pytest.mark.xdist_group("embed")  # one worker loads the model once
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Any:
+    """The in-process encoder on one thread: the suite runs two workers on two cores, and
+    torch's own pool would starve the other worker's Dask clusters."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _docs(n: int, start: int = 0) -> list[str]:
     lines = CORPUS.read_text().splitlines()
     return [json.loads(line)["text"][:700] for line in lines[start : start + n]]
