@@ -106,7 +106,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_chunks_cover_documents_and_vectors_match_the_model(corpus: dict[str, Any]) -> None:
     db = str(corpus["root"] / "db1")
-    report = embed(corpus["uri"], db, _config(public_by_default=True))
+    report = embed(corpus["uri"], db, _config(public_by_default=True, source_version=1))
     assert report.documents == report.documents_embedded == 12
     assert report.chunks_total == report.chunks_added > 12 and report.dim == 384
     rows = open_db(db).open_table("chunks").to_arrow().to_pylist()
@@ -144,9 +144,9 @@ def test_chunks_cover_documents_and_vectors_match_the_model(corpus: dict[str, An
 def test_appends_recompute_only_new_and_changed_documents(corpus: dict[str, Any]) -> None:
     root: Path = corpus["root"]
     db = str(root / "db2")
-    first = embed(corpus["uri"], db, _config())
+    first = embed(corpus["uri"], db, _config(source_version=1))
     before = _rows(db)
-    unchanged = embed(corpus["uri"], db, _config())
+    unchanged = embed(corpus["uri"], db, _config(source_version=1))
     assert (unchanged.documents_unchanged, unchanged.chunks_added) == (12, 0)
     assert unchanged.table_version == first.table_version, "nothing changed: no new version"
     texts = list(corpus["texts"])
@@ -306,6 +306,8 @@ def test_cli_json_and_one_line_errors(corpus: dict[str, Any], tmp_path: Path) ->
             "1",
             "--json",
             "--public-by-default",
+            "--source-version",  # the appends test adds a version 2 with other groups
+            "1",
         ],
         env=env,
         capture_output=True,
@@ -350,7 +352,7 @@ def test_cli_json_and_one_line_errors(corpus: dict[str, Any], tmp_path: Path) ->
 
 @pytest.mark.s3
 def test_a_table_on_s3(corpus: dict[str, Any], s3_uri: str, s3_config: StorageConfig) -> None:
-    report = embed(corpus["uri"], s3_uri + "/db", _config(), storage=s3_config)
+    report = embed(corpus["uri"], s3_uri + "/db", _config(source_version=1), storage=s3_config)
     assert report.table_uri.startswith("s3://") and report.chunks_total > 12
     idx = open_index(report.table_uri, storage=s3_config)
     hits = idx.search(corpus["texts"][3][:150], 2, groups=["eng"])
