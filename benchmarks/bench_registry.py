@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import random
@@ -42,12 +41,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy
+from bench_timing import pin, timed
 
 import datastore
 from registry import Registry
@@ -87,55 +86,6 @@ def size_label(n: int) -> str:
     if n % 1_000 == 0:
         return f"{n // 1_000}k"
     return str(n)
-
-
-def pin(cpu: int) -> int:
-    """Pin this process (and its future children) to ``cpu``, or the last allowed CPU."""
-    allowed = sorted(os.sched_getaffinity(0))
-    chosen = cpu if cpu in allowed else allowed[-1]
-    os.sched_setaffinity(0, {chosen})
-    return chosen
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def timed(
-    op: str,
-    call: Callable[[int], Any],
-    ops: int,
-    *,
-    warmup: int,
-    budget: float,
-    min_samples: int,
-) -> dict[str, Any]:
-    """Time ``call(i)`` up to ``ops`` times after up to ``warmup`` untimed calls (warm-up stops
-    after one second); stop early once ``budget`` seconds are spent and ``min_samples`` done.
-    The same rule as ``registry_mlflow.py``."""
-    start = time.perf_counter()
-    for i in range(warmup):
-        call(-1 - i)
-        if time.perf_counter() - start > 1.0:
-            break
-    samples: list[float] = []
-    for i in range(ops):
-        t0 = time.perf_counter()
-        call(i)
-        samples.append(time.perf_counter() - t0)
-        if len(samples) >= min_samples and sum(samples) >= budget:
-            break
-    samples.sort()
-    return {
-        "side": "ours",
-        "op": op,
-        "samples": len(samples),
-        "p50_ms": percentile(samples, 50) * 1e3,
-        "p99_ms": percentile(samples, 99) * 1e3,
-        "mean_ms": sum(samples) / len(samples) * 1e3,
-    }
 
 
 def progress(msg: str) -> None:
@@ -182,7 +132,12 @@ def bench_ours(n: int, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     assert reg.resolve(f"{ARTIFACT}@{ALIAS}").number == max(1, n // 2)
 
     rnd = random.Random(0)
-    kw = {"warmup": args.warmup, "budget": args.op_budget, "min_samples": args.min_samples}
+    kw: dict[str, Any] = {
+        "side": "ours",
+        "warmup": args.warmup,
+        "budget": args.op_budget,
+        "min_samples": args.min_samples,
+    }
     counter = [n]
     default_policy = Policy(upstream_tags={"license": "approved"})
     alias_policy = Policy(alias=ALIAS, upstream_tags={"license": "approved"})

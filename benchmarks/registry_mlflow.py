@@ -33,19 +33,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import random
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+
+from bench_timing import pin, timed
 
 NAME = "bench-model"
 ALIAS = "production"
@@ -59,54 +59,6 @@ from mlflow import MlflowClient
 mlflow.set_tracking_uri(sys.argv[1])
 print(MlflowClient().get_model_version_by_alias(sys.argv[2], sys.argv[3]).version)
 """
-
-
-def pin(cpu: int) -> int:
-    """Pin this process (and its future children) to ``cpu``, or the last allowed CPU."""
-    allowed = sorted(os.sched_getaffinity(0))
-    chosen = cpu if cpu in allowed else allowed[-1]
-    os.sched_setaffinity(0, {chosen})
-    return chosen
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def timed(
-    op: str,
-    call: Callable[[int], Any],
-    ops: int,
-    *,
-    warmup: int,
-    budget: float,
-    min_samples: int,
-) -> dict[str, Any]:
-    """Time ``call(i)`` up to ``ops`` times after up to ``warmup`` untimed calls (warm-up stops
-    after one second); stop early once ``budget`` seconds are spent and ``min_samples`` done."""
-    start = time.perf_counter()
-    for i in range(warmup):
-        call(-1 - i)
-        if time.perf_counter() - start > 1.0:
-            break
-    samples: list[float] = []
-    for i in range(ops):
-        t0 = time.perf_counter()
-        call(i)
-        samples.append(time.perf_counter() - t0)
-        if len(samples) >= min_samples and sum(samples) >= budget:
-            break
-    samples.sort()
-    return {
-        "side": "mlflow",
-        "op": op,
-        "samples": len(samples),
-        "p50_ms": percentile(samples, 50) * 1e3,
-        "p99_ms": percentile(samples, 99) * 1e3,
-        "mean_ms": sum(samples) / len(samples) * 1e3,
-    }
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -186,7 +138,12 @@ def run_ops(args: argparse.Namespace) -> None:
     assert int(client.get_model_version_by_alias(NAME, ALIAS).version) == max(1, n // 2)
 
     rnd = random.Random(0)
-    kw = {"warmup": args.warmup, "budget": args.op_budget, "min_samples": args.min_samples}
+    kw: dict[str, Any] = {
+        "side": "mlflow",
+        "warmup": args.warmup,
+        "budget": args.op_budget,
+        "min_samples": args.min_samples,
+    }
     counter = [n]
 
     def register(_: int) -> None:

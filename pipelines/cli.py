@@ -105,6 +105,29 @@ def _echo(quiet: bool, as_json: bool) -> Any:
     return echo
 
 
+def execution(
+    scheduler: str | None,
+    workers: int | None,
+    memory_limit: str | None,
+    work_dir: str | None,
+    keep_work: bool,
+    quiet: bool,
+    as_json: bool,
+) -> Any:
+    """The ExecutionConfig of a Dask job from the shared flags (no progress line under
+    --quiet or --json)."""
+    from pipelines.config import ExecutionConfig
+
+    return ExecutionConfig(
+        scheduler=scheduler,
+        workers=workers,
+        memory_limit=memory_limit,
+        work_dir=work_dir,
+        keep_work=keep_work,
+        progress=not (quiet or as_json),
+    )
+
+
 def print_report(
     report: Any, registered: dict[str, Any] | None, as_json: bool, quiet: bool
 ) -> None:
@@ -342,7 +365,6 @@ def tokenize_command(
     """Tokenize SOURCE's text column and pack it into fixed-length rows of a Zarr token
     dataset with per-row document boundaries. Re-running the same command after a crash
     resumes it."""
-    from pipelines.config import ExecutionConfig
     from pipelines.tokenize import TokenizeConfig, tokenize
     from pipelines.tokenizer import TokenizerSpec
 
@@ -355,14 +377,7 @@ def tokenize_command(
         source_version=source_version,
         chunk_rows=chunk_rows,
         shard_rows=shard_rows,
-        execution=ExecutionConfig(
-            scheduler=scheduler,
-            workers=workers,
-            memory_limit=memory_limit,
-            work_dir=work_dir,
-            keep_work=keep_work,
-            progress=not (quiet or as_json),
-        ),
+        execution=execution(scheduler, workers, memory_limit, work_dir, keep_work, quiet, as_json),
     )
     echo = _echo(quiet, as_json)
 

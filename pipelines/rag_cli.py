@@ -22,6 +22,7 @@ from pipelines.cli import (
     _WORK_DIR,
     _WORKERS,
     _echo,
+    execution,
     print_report,
 )
 
@@ -86,7 +87,6 @@ def embed_command(
     """Chunk and embed SOURCE's documents into a Lance table with vector, full-text and
     access-group indexes; documents already embedded are not recomputed. Re-running after a
     crash resumes it."""
-    from pipelines.config import ExecutionConfig
     from pipelines.embed import EmbedConfig, embed
     from pipelines.vectors import IndexSpec
 
@@ -105,14 +105,7 @@ def embed_command(
         table=table,
         source_version=source_version,
         index=IndexSpec(kind=index),
-        execution=ExecutionConfig(
-            scheduler=scheduler,
-            workers=workers,
-            memory_limit=memory_limit,
-            work_dir=work_dir,
-            keep_work=keep_work,
-            progress=not (quiet or as_json),
-        ),
+        execution=execution(scheduler, workers, memory_limit, work_dir, keep_work, quiet, as_json),
     )
     storage = storage_config(ctx)
     report = embed(source, output, config, storage=storage, echo=_echo(quiet, as_json))

@@ -214,10 +214,15 @@ def create_app(
                     f"{ref} derives from restricted {anc}, which {who.actor} may not read"
                 )
 
+    def guard(who: tokens.Principal, ref: str, role: str) -> None:
+        """``role`` in ``ref``'s namespace and the right to read its restricted ancestors:
+        what every endpoint that names a version checks."""
+        who.require(ns(ref), role)
+        inherited(who, ref)
+
     def readable(who: tokens.Principal, v: Any) -> bool:
         try:
-            who.require(v.namespace, "reader")
-            inherited(who, str(v.ref))
+            guard(who, str(v.ref), "reader")
         except PermissionDenied:
             return False
         return True
@@ -228,10 +233,8 @@ def create_app(
 
     @app.get("/v1/versions/{ref:path}")
     def resolve(ref: str, who: tokens.Principal = Auth) -> dict[str, Any]:
-        who.require(ns(ref), "reader")
-        version = registry.resolve(ref)
-        inherited(who, str(version.ref))
-        return version.to_dict()
+        guard(who, ref, "reader")
+        return registry.resolve(ref).to_dict()
 
     @app.get("/v1/versions")
     def versions(
@@ -280,8 +283,7 @@ def create_app(
         depth: int | None = Query(default=None, ge=1, le=1000),
         who: tokens.Principal = Auth,
     ) -> dict[str, Any]:
-        who.require(ns(ref), "reader")
-        inherited(who, ref)
+        guard(who, ref, "reader")
         doc = registry.lineage(ref, direction, depth).to_dict()  # type: ignore[arg-type]
         hidden = {n["ref"] for n in doc["nodes"] if not who.can(ns(n["ref"]), "reader")}
         for n in doc["nodes"]:
@@ -419,15 +421,13 @@ def create_app(
 
     @app.post("/v1/aliases")
     def set_alias(body: AliasIn, who: tokens.Principal = Auth) -> dict[str, Any]:
-        who.require(ns(body.ref), "writer")
-        inherited(who, body.ref)
+        guard(who, body.ref, "writer")
         return as_(who).set_alias(body.ref, body.alias).to_dict()
 
     @app.post("/v1/releases")
     def release(body: ReleaseIn, who: tokens.Principal = Auth) -> list[dict[str, Any]]:
         for ref in body.refs:
-            who.require(ns(ref), "writer")
-            inherited(who, ref)
+            guard(who, ref, "writer")
         return [v.to_dict() for v in as_(who).release(body.refs, body.alias)]
 
     @app.post("/v1/links")
@@ -439,8 +439,7 @@ def create_app(
 
     @app.post("/v1/revoke")
     def revoke(body: RevokeIn, who: tokens.Principal = Auth) -> dict[str, Any]:
-        who.require(ns(body.ref), "admin")
-        inherited(who, body.ref)
+        guard(who, body.ref, "admin")
         return as_(who).revoke(body.ref, body.reason).to_dict()
 
     @app.post("/v1/holds")
@@ -473,16 +472,14 @@ def create_app(
 
     @app.post("/v1/delete")
     def delete_version(body: DeleteIn, who: tokens.Principal = Auth) -> dict[str, Any]:
-        who.require(ns(body.ref), "admin")
-        inherited(who, body.ref)
+        guard(who, body.ref, "admin")
         return as_(who).delete(body.ref, body.reason).to_dict()
 
     @app.get("/v1/downloads/{ref:path}")
     def downloads(ref: str, request: Request, who: tokens.Principal = Auth) -> dict[str, Any]:
         """Signed URLs of a version's files (audited as a download)."""
-        who.require(ns(ref), "reader")
+        guard(who, ref, "reader")
         version = registry.resolve(ref)
-        inherited(who, str(version.ref))
         if version.revoked_at is not None:
             raise InvalidInput(f"{version.ref} is revoked: it is kept for audit, not for use")
         files = []
