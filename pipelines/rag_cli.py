@@ -71,6 +71,9 @@ def embed_command(
     index: str = typer.Option(
         "auto", "--index", help="auto (by corpus size), flat (exact), hnsw or ivf_pq."
     ),
+    partitions: int | None = typer.Option(
+        None, "--index-partitions", help="IVF partitions (default: from the corpus size)."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Chunks per model call."),
     scheduler: str | None = _SCHEDULER,
     workers: int | None = _WORKERS,
@@ -104,7 +107,7 @@ def embed_command(
         metadata_fields=tuple(metadata),
         table=table,
         source_version=source_version,
-        index=IndexSpec(kind=index),
+        index=IndexSpec(kind=index, partitions=partitions),
         execution=execution(scheduler, workers, memory_limit, work_dir, keep_work, quiet, as_json),
     )
     storage = storage_config(ctx)
@@ -156,12 +159,25 @@ def search_command(
     version: int | None = typer.Option(
         None, "--table-version", help="Search this table version (time travel)."
     ),
+    ef: int | None = typer.Option(None, "--ef", help="HNSW search breadth (default 100)."),
+    nprobes: int | None = typer.Option(
+        None, "--nprobes", help="IVF partitions searched at least (default 20)."
+    ),
+    refine: int | None = typer.Option(
+        None, "--refine", help="Re-rank refine x k candidates on exact vectors (default 2)."
+    ),
     registry: str | None = _REGISTRY,
     blobs: str | None = _BLOBS,
     as_json: bool = _JSON,
 ) -> None:
     """Search an index on behalf of a principal: only chunks its groups may read."""
-    index = _open(ctx, ref, registry, blobs, model=model, version=version)
+    from pipelines.vectors import IndexSpec
+
+    base = IndexSpec()
+    spec = IndexSpec(
+        ef=ef or base.ef, nprobes=nprobes or base.nprobes, refine=refine or base.refine
+    )
+    index = _open(ctx, ref, registry, blobs, model=model, version=version, spec=spec)
     principal = None if groups is None else [g for g in groups.split(",") if g.strip()]
     hits = index.search(query, k, mode=mode, groups=principal, where=where)
     if as_json:

@@ -326,6 +326,8 @@ def test_cli_json_and_one_line_errors(corpus: dict[str, Any], tmp_path: Path) ->
             "3",
             "--groups",
             "eng",
+            "--refine",
+            "4",
             "--json",
         ],
         env=env,
