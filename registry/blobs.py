@@ -4,7 +4,9 @@ A file is stored once under ``blobs/sha256/<2 hex>/<sha256>``, however many vers
 a checkpoint that changed only some shards uploads only those. Uploads stream through the
 store's writer (multipart with per-part checksums on S3) and publish atomically, so a blob key
 either holds the whole file or nothing; downloads are verified against the sha256 before the
-file appears at its destination.
+file appears at its destination. A store in a location declared with client-side encryption
+holds sealed blobs (:mod:`registry.envelope`): bytes are sealed on the way in and opened on the
+way out, and no plaintext file is ever kept in it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from datastore import StorageConfig, open_store
 from datastore.errors import Corrupt, InvalidInput, NotFound
 from datastore.store import ObjectInfo
+from registry.envelope import Sealer
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from datastore._local import LocalStore
 
 __all__ = ["BlobStore", "Staged", "sha256_file"]
 
@@ -62,9 +71,16 @@ class BlobStore:
 
     PREFIX = "blobs/sha256/"
 
-    def __init__(self, uri: str, config: StorageConfig | None = None) -> None:
+    def __init__(
+        self, uri: str, config: StorageConfig | None = None, sealer: Sealer | None = None
+    ) -> None:
         self.uri = uri
         self.store = open_store(uri, config)
+        self.sealer = sealer
+
+    def stored_size(self, size: int) -> int:
+        """How many bytes a ``size``-byte blob takes in this store (more when sealed)."""
+        return self.sealer.sealed_size(size) if self.sealer is not None else size
 
     MARKER = "REGISTRY.json"
 
@@ -95,7 +111,9 @@ class BlobStore:
     def has(self, sha256: str, size: int) -> bool:
         """Whether the blob is stored whole (its size matches)."""
         try:
-            return self.store.head(self.key(sha256)).size == size
+            # a plaintext blob left from before a location was encrypted does not count: it
+            # is stored again, sealed
+            return self.store.head(self.key(sha256)).size == self.stored_size(size)
         except NotFound:
             return False
 
@@ -113,10 +131,12 @@ class BlobStore:
         writer = self.store.open_writer(self.key(sha256), content_type="application/octet-stream")
         h = hashlib.sha256()
         try:
+            out = self._sealing(sha256, writer.write)
             with open(path, "rb") as f:
                 while chunk := f.read(_CHUNK):
                     h.update(chunk)
-                    writer.write(chunk)
+                    out.write(chunk)
+            out.close()
             if h.hexdigest() != sha256:  # the file changed while we read it
                 raise InvalidInput(
                     f"{path} changed while it was uploaded (sha256 {h.hexdigest()} instead of "
@@ -128,32 +148,41 @@ class BlobStore:
             raise
         return sha256, size, True
 
+    def _sealing(self, sha256: str, sink: Callable[[bytes], None]) -> _Sink:
+        """Where to write a blob's plaintext: through the sealer, or straight to ``sink``."""
+        if self.sealer is None:
+            return _Plain(sink)
+        return self.sealer.writer(sha256, sink)
+
     STAGING = "staging/"
 
     @property
     def is_local(self) -> bool:
-        """Whether the blobs are files on this machine (a local or parallel filesystem)."""
+        """Whether the blobs are plain files on this machine (a local or parallel filesystem,
+        not sealed): readers may map them and writers may publish files by rename."""
         from datastore._local import LocalStore
 
-        return isinstance(self.store, LocalStore)
+        return isinstance(self.store, LocalStore) and self.sealer is None
+
+    def _local(self) -> LocalStore | None:
+        from datastore._local import LocalStore
+
+        return self.store if isinstance(self.store, LocalStore) and self.sealer is None else None
 
     def local_path(self, sha256: str) -> Path | None:
-        """Where blob ``sha256`` lives on this machine's filesystem (a local store), else None."""
-        from datastore._local import LocalStore
-
-        if isinstance(self.store, LocalStore):
-            return self.store._path(self.key(sha256))
-        return None
+        """Where blob ``sha256`` lives on this machine's filesystem as a plain file (a local,
+        unsealed store), else None."""
+        local = self._local()
+        return local._path(self.key(sha256)) if local is not None else None
 
     def staging_file(self) -> Path:
         """A fresh path for a writer to build a file that :meth:`put_staged` then publishes:
         inside a local blob store (so publishing is a rename on the same filesystem), in the
         system temporary directory otherwise. Left-overs of crashed writers are removed by
         :meth:`sweep_staging`."""
-        from datastore._local import LocalStore
-
-        if isinstance(self.store, LocalStore):
-            root = self.store._path(self.STAGING.rstrip("/"))
+        local = self._local()
+        if local is not None:
+            root = local._path(self.STAGING.rstrip("/"))
             root.mkdir(parents=True, exist_ok=True)
         else:
             root = Path(tempfile.gettempdir())
@@ -202,14 +231,16 @@ class BlobStore:
             self.key(staged.sha256), content_type="application/octet-stream"
         )
         size = 0
+        out = self._sealing(staged.sha256, writer.write)
 
         def write(view: memoryview) -> None:
             nonlocal size
             size += view.nbytes
-            writer.write(view)
+            out.write(view)
 
         try:
             produce(write)
+            out.close()
             if size != staged.size:
                 raise InvalidInput(
                     f"{staged.path}: its writer produced {size} bytes, not the {staged.size} "
@@ -253,7 +284,7 @@ class BlobStore:
         got = 0
         try:
             with os.fdopen(fd, "wb") as f:
-                for piece in self._pieces(sha256, size):
+                for piece in self.pieces(sha256, size):
                     h.update(piece)
                     f.write(piece)
                     got += len(piece)
@@ -267,6 +298,50 @@ class BlobStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def read(self, sha256: str, size: int) -> pa.Buffer | bytearray:
+        """The blob's bytes in memory (opened when sealed; not checked against the sha256:
+        callers that keep them check it)."""
+        if self.sealer is None:
+            try:
+                return self.store.read_buffer(self.key(sha256), size)
+            except NotFound:
+                raise self._missing(sha256) from None
+        out = bytearray(size)
+        at = 0
+        for piece in self.pieces(sha256, size):
+            out[at : at + len(piece)] = piece
+            at += len(piece)
+        return out
+
+    def _missing(self, sha256: str) -> NotFound:
+        return NotFound(
+            f"blob {sha256} is missing from {self.uri}: the registry's blob store lost "
+            "it (deleted outside the registry?)"
+        )
+
+    def pieces(self, sha256: str, size: int) -> Iterator[memoryview]:
+        """The blob's bytes in order, in bounded memory (opened and authenticated chunk by
+        chunk when sealed); not checked against the sha256."""
+        if self.sealer is None:
+            yield from self._pieces(sha256, size)
+            return
+        key = self.key(sha256)
+        try:
+            stored = self.store.head(key).size
+        except NotFound:
+            raise self._missing(sha256) from None
+        if stored == size:  # written before the location was encrypted: plain, still checked
+            yield from self._pieces(sha256, size)
+            return
+        where = f"blob {self.store.uri_of(key)}"
+
+        def read(offset: int, length: int) -> bytes:
+            if offset + length > stored:
+                raise Corrupt(f"{where} is {stored} bytes: cut short or not this blob")
+            return bytes(self.store.get_range(key, offset, length))
+
+        yield from self.sealer.open_stream(sha256, size, read, where, stored)
+
     def _pieces(self, sha256: str, size: int) -> Iterator[memoryview]:
         """The blob's bytes: one parallel read when small, windows of ranged reads else."""
         key = self.key(sha256)
@@ -278,10 +353,7 @@ class BlobStore:
                 yield memoryview(self.store.get_range(key, start, min(self._WINDOW, size - start)))
             extra = self.store.head(key).size - size
         except NotFound:
-            raise NotFound(
-                f"blob {sha256} is missing from {self.uri}: the registry's blob store lost "
-                "it (deleted outside the registry?)"
-            ) from None
+            raise self._missing(sha256) from None
         if extra:  # a longer object: its first size bytes may hash right, it is still wrong
             yield memoryview(b"\0" * min(extra, 1))
 
@@ -291,3 +363,22 @@ class BlobStore:
     def list(self) -> Iterator[ObjectInfo]:
         """Every stored blob (key, size, mtime)."""
         yield from self.store.list(self.PREFIX)
+
+
+class _Sink(Protocol):
+    """Where a blob's plaintext goes on its way into the store."""
+
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Plain:
+    def __init__(self, sink: Callable[[bytes], None]) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._sink(data)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        pass

@@ -544,7 +544,7 @@ def _manifest(blobs: BlobStore, version: Version) -> dict[str, Any]:
     entry = next((f for f in version.files if f.path == MANIFEST), None)
     if entry is None:
         raise InvalidInput(f"{version.ref} is not a checkpoint (it holds no {MANIFEST})")
-    data = blobs.store.get(blobs.key(entry.sha256))
+    data = bytes(blobs.read(entry.sha256, entry.size))
     if hashlib.sha256(data).hexdigest() != entry.sha256:
         raise Corrupt(f"{version.ref}: {MANIFEST} does not match its sha256")
     try:
@@ -560,7 +560,7 @@ def _read_blob(blobs: BlobStore, entry: FileEntry) -> torch.Tensor:
     """The blob's bytes as one writable uint8 tensor: a copy-on-write memory map of the file
     in a local blob store (pages are read as the checksums touch them, and shared with the
     page cache until written; blobs are immutable, and a deleted file stays readable while
-    mapped), downloaded and checked against its sha256 otherwise."""
+    mapped), downloaded (and opened, when sealed) and checked against its sha256 otherwise."""
     import numpy as np
     import torch
 
@@ -581,14 +581,14 @@ def _read_blob(blobs: BlobStore, entry: FileEntry) -> torch.Tensor:
         if size == 0:
             return torch.empty(0, dtype=torch.uint8)
         return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", shape=(size,)))
-    data = blobs.store.read_buffer(blobs.key(entry.sha256), entry.size)
+    data = blobs.read(entry.sha256, entry.size)  # opened here when the store is sealed
     arr = np.frombuffer(data, dtype=np.uint8)
     if len(arr) != entry.size or hashlib.sha256(arr.data).hexdigest() != entry.sha256:
         raise Corrupt(
             f"blob {blobs.store.uri_of(blobs.key(entry.sha256))} ({entry.path}) does not "
             "match its checksum"
         )
-    if data.is_mutable:  # the parallel download's own buffer: no copy
+    if isinstance(data, bytearray) or data.is_mutable:  # our own buffer: no copy
         return torch.frombuffer(data, dtype=torch.uint8)
     buf = torch.empty(entry.size, dtype=torch.uint8)
     np.copyto(buf.numpy(), arr)

@@ -17,7 +17,7 @@ import typer
 
 from datastore.cli import JsonOpt, storage_config
 from datastore.errors import InvalidInput
-from registry.governance_cli import location_app, residency_app
+from registry.governance_cli import key_app, location_app, residency_app
 
 if TYPE_CHECKING:
     from registry.registry import Registry, Version
@@ -227,6 +227,7 @@ hold_app = typer.Typer(help="Legal holds: versions that may not be deleted.", no
 app.add_typer(hold_app, name="hold")
 app.add_typer(location_app, name="location")
 app.add_typer(residency_app, name="residency")
+app.add_typer(key_app, name="key")
 
 
 @hold_app.command("set")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -16,7 +17,14 @@ import typer
 from datastore.cli import JsonOpt
 from datastore.errors import InvalidInput
 
-__all__ = ["audit_app", "location_app", "residency_app", "serve_command", "token_app"]
+__all__ = [
+    "audit_app",
+    "key_app",
+    "location_app",
+    "residency_app",
+    "serve_command",
+    "token_app",
+]
 
 token_app = typer.Typer(help="API tokens of the registry server.", no_args_is_help=True)
 audit_app = typer.Typer(help="The registry's hash-chained audit trail.", no_args_is_help=True)
@@ -211,6 +219,7 @@ def serve_command(
 
 
 location_app = typer.Typer(help="Storage locations: region and encryption.", no_args_is_help=True)
+key_app = typer.Typer(help="Keys of client-side blob encryption.", no_args_is_help=True)
 residency_app = typer.Typer(help="Regions a namespace's data may live in.", no_args_is_help=True)
 
 
@@ -218,15 +227,24 @@ residency_app = typer.Typer(help="Regions a namespace's data may live in.", no_a
 def location_set(
     uri: str = typer.Argument(..., help="Location prefix (s3://bucket/prefix or a directory)."),
     region: str = typer.Option(..., "--region", help="Where it is, e.g. eu-west-1."),
-    encryption: str = typer.Option("none", "--encryption", help="none, sse-s3 or sse-kms."),
+    encryption: str = typer.Option(
+        "none", "--encryption", help="none, sse-s3, sse-kms or aes-gcm (client-side)."
+    ),
     kms_key_id: str | None = typer.Option(None, "--kms-key-id", help="For sse-kms."),
+    key_id: str | None = typer.Option(
+        None, "--key-id", help="For aes-gcm: the key provider's key that seals new blobs."
+    ),
     db: str | None = RegistryOpt,
 ) -> None:
-    """Declare a storage location's region and encryption (writes to it then carry the SSE
-    headers)."""
+    """Declare a storage location's region and encryption: writes to it then carry the SSE
+    headers, or are sealed by the registry with AES-GCM (keys from SHARDYARD_KEY_FILE)."""
     from registry.residency import set_location
 
-    loc = set_location(_engine(db), uri, region, encryption, kms_key_id, actor=_operator().actor)
+    if kms_key_id and key_id:
+        raise InvalidInput("--kms-key-id is for sse-kms, --key-id for aes-gcm: give one")
+    loc = set_location(
+        _engine(db), uri, region, encryption, kms_key_id or key_id, actor=_operator().actor
+    )
     typer.echo(f"{loc.prefix}: {loc.region}, encryption {loc.encryption}")
 
 
@@ -257,3 +275,20 @@ def residency_set(
 
     set_residency(_engine(db), namespace, region, actor=_operator().actor)
     typer.echo(f"{namespace}: {', '.join(region) if region else 'no residency policy'}")
+
+
+@key_app.command("create")
+def key_create(
+    key_id: str = typer.Argument(..., help="The new key's id (1-32 letters, digits, '-_.')."),
+    key_file: Path | None = typer.Option(
+        None, "--key-file", help="Default: SHARDYARD_KEY_FILE, else keys.json in the home."
+    ),
+) -> None:
+    """Add a fresh AES-256 key to the local key file (made readable by its owner only). Point
+    a location at it with `registry location set URI --encryption aes-gcm --key-id ID`; older
+    keys stay in the file so that blobs sealed with them still open."""
+    from registry.envelope import create_key, default_key_file
+
+    path = key_file or default_key_file()
+    create_key(path, key_id)
+    typer.echo(f"key {key_id} added to {path}")

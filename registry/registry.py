@@ -32,11 +32,12 @@ from registry import gc as gcp
 from registry import schema as t
 from registry.blobs import BlobStore, Staged, sha256_file
 from registry.db import open_engine
+from registry.envelope import KeyProvider, LocalKeyFile, Sealer
 from registry.lineage import Direction, Lineage, ancestors, walk
 from registry.policy import Policy
 from registry.reads import Reader
 from registry.refs import KINDS, Ref, check_alias, check_name, check_namespace, parse_ref
-from registry.residency import check_residency, location_of
+from registry.residency import check_residency, derived_from, location_of
 
 __all__ = ["FileEntry", "Registry", "Version", "default_home"]
 
@@ -176,6 +177,7 @@ class Registry:
         *,
         config: StorageConfig | None = None,
         actor: str | None = None,
+        keys: KeyProvider | None = None,
     ) -> None:
         home = default_home()
         self.db_location = db or os.environ.get("SHARDYARD_REGISTRY") or str(home / "registry.db")
@@ -185,7 +187,7 @@ class Registry:
         self.engine: Engine = open_engine(self.db_location)
         self._reader = Reader(self.engine)
         self.blobs = BlobStore(
-            self.blob_location, _encrypted(self.engine, self.blob_location, config)
+            self.blob_location, *_encrypted(self.engine, self.blob_location, config, keys)
         )
         self.actor = actor or _whoami()
         self.id = self._identity()
@@ -265,7 +267,12 @@ class Registry:
         if dataset is not None:
             where.append(("dataset", dataset[0]))
         with self._read() as conn:  # before any byte is stored where the namespace may not be
-            check_residency(conn, ref.namespace, where)
+            derived = (
+                derived_from(conn, [self._version_row(conn, p)["id"] for p in parent_refs])
+                if parent_refs and where
+                else []
+            )
+            check_residency(conn, ref.namespace, where, derived)
         # Every blob claimed against GC, stored and verified before any row (registry.gc).
         holder = gcp.new_holder()
         gcp.claim_and_store(self.engine, self.blobs, uploads, holder)
@@ -654,7 +661,8 @@ class Registry:
         c = self._version_row(conn, parse_ref(child))["id"]
         if p == c:
             raise InvalidInput(f"{child} cannot derive from itself")
-        if p in walk(conn, c, "downstream").nodes:
+        below = walk(conn, c, "downstream").nodes
+        if p in below:
             raise InvalidInput(f"{parent} derives from {child}: the edge would be a cycle")
         exists = conn.execute(
             select(t.edges.c.parent_id).where(
@@ -662,8 +670,31 @@ class Registry:
             )
         ).first()
         if exists is None:
+            self._check_derived_residency(conn, p, c, list(below))
             conn.execute(insert(t.edges).values(parent_id=p, child_id=c, relation=relation))
             audit.append(conn, self.actor, "link", child, {"parent": parent, "relation": relation})
+
+    def _check_derived_residency(
+        self, conn: Connection, parent: int, child: int, family: list[int]
+    ) -> None:
+        """Refuse an edge that would put ``child`` or what derives from it (``family``, child
+        included) outside the regions of ``parent``'s data or of what that derives from."""
+        v = t.versions.c
+        where: list[tuple[str, str]] = []
+        if conn.execute(
+            select(t.files.c.version_id).where(t.files.c.version_id.in_(family))
+        ).first():
+            where.append(("blob store", self.blob_location))
+        for uri in conn.execute(
+            select(v.dataset_uri).where(v.id.in_(family), v.dataset_uri.is_not(None)).distinct()
+        ).scalars():
+            where.append(("dataset", uri))
+        namespace = conn.execute(
+            select(t.artifacts.c.namespace)
+            .select_from(t.versions.join(t.artifacts, t.artifacts.c.id == v.artifact_id))
+            .where(v.id == child)
+        ).scalar_one()
+        check_residency(conn, namespace, where, derived_from(conn, [parent]))
 
     def lineage(
         self, ref: str, direction: Direction = "upstream", depth: int | None = None
@@ -963,19 +994,25 @@ def _lock_version(conn: Connection, version_id: int) -> None:
         conn.execute(select(t.versions.c.id).where(t.versions.c.id == version_id).with_for_update())
 
 
-def _encrypted(engine: Engine, uri: str, config: StorageConfig | None) -> StorageConfig | None:
-    """``config`` with the server-side encryption the blob store's declared location asks for
-    (``sse-s3`` / ``sse-kms``: those headers on every write)."""
-    if not uri.startswith("s3://"):
-        return config
+def _encrypted(
+    engine: Engine, uri: str, config: StorageConfig | None, keys: KeyProvider | None
+) -> tuple[StorageConfig | None, Sealer | None]:
+    """The blob store's storage config and sealer, as its declared location asks: ``sse-s3``
+    / ``sse-kms`` headers on every write, or ``aes-gcm`` client-side envelope encryption with
+    the location's key from ``keys`` (the local key file by default; read on first use)."""
     with engine.connect() as conn:
         loc = location_of(conn, uri)
     if loc is None or loc.encryption == "none":
-        return config
+        return config, None
+    if loc.encryption == "aes-gcm":
+        assert loc.kms_key_id is not None
+        return config, Sealer(keys or LocalKeyFile(), loc.kms_key_id)
+    if not uri.startswith("s3://"):
+        return config, None  # server-side encryption is the bucket's business
     base = config or StorageConfig.resolve()
     if loc.encryption == "sse-s3":
-        return base.replace(sse="AES256", sse_kms_key_id=None)
-    return base.replace(sse="aws:kms", sse_kms_key_id=loc.kms_key_id)
+        return base.replace(sse="AES256", sse_kms_key_id=None), None
+    return base.replace(sse="aws:kms", sse_kms_key_id=loc.kms_key_id), None
 
 
 def _canonical(uri: str) -> str:

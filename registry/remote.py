@@ -140,11 +140,16 @@ class RemoteRegistry:
         dataset: tuple[str, int] | None = None,
     ) -> Version:
         paths = list(paths)
+        parents = list(parents)
         sources = _collect(paths) if paths else []
         hashed = [(inside, path, *sha256_file(path)) for inside, path in sources]
         wanted = [{"path": i, "sha256": sha, "size": size} for i, _, sha, size in hashed]
         if hashed:
-            urls = self._call("POST", "/v1/uploads", json={"name": name, "files": wanted})
+            urls = self._call(
+                "POST",
+                "/v1/uploads",
+                json={"name": name, "files": wanted, "parents": list(parents)},
+            )
             for _, path, sha, _ in hashed:
                 url = urls["upload"].get(sha)
                 if url is not None:

@@ -236,7 +236,7 @@ locations = Table(
     metadata,
     Column("prefix", String(1024), primary_key=True),  # canonical URI prefix
     Column("region", String(64), nullable=False),
-    Column("encryption", String(32), nullable=False),  # none | sse-s3 | sse-kms
+    Column("encryption", String(32), nullable=False),  # none | sse-s3 | sse-kms | aes-gcm
     Column("kms_key_id", String(512), nullable=True),
 )
 

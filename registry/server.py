@@ -22,10 +22,11 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -44,7 +45,7 @@ from registry.blobs import Staged
 from registry.policy import Policy, parse_condition
 from registry.refs import parse_pairs, parse_ref
 from registry.registry import Registry
-from registry.residency import check_residency
+from registry.residency import check_residency, derived_from
 
 __all__ = ["create_app"]
 
@@ -81,6 +82,7 @@ class RegisterIn(BaseModel):
 class UploadIn(BaseModel):
     name: str = Field(max_length=700)
     files: list[FileIn] = Field(max_length=100_000)
+    parents: list[str] = Field(default=[], max_length=1000)  # residency follows lineage
 
 
 class AliasIn(BaseModel):
@@ -317,8 +319,16 @@ def create_app(
     def uploads(body: UploadIn, request: Request, who: tokens.Principal = Auth) -> dict[str, Any]:
         """Signed upload URLs for the blobs of a coming registration the store lacks."""
         who.require(ns(body.name), "writer")
+        for parent in body.parents:
+            guard(who, parent, "reader")
+        parent_ids = [registry.resolve(p).id for p in body.parents]
         with registry.engine.connect() as conn:  # before any byte is sent where it may not be
-            check_residency(conn, ns(body.name), [("blob store", registry.blob_location)])
+            check_residency(
+                conn,
+                ns(body.name),
+                [("blob store", registry.blob_location)],
+                derived_from(conn, parent_ids),
+            )
         urls = {}
         for f in body.files:
             if f.size > max_upload:
@@ -383,12 +393,21 @@ def create_app(
         exp: int,
         a: str = Query(max_length=64),
         sig: str = Query(max_length=64),
-    ) -> FileResponse | RedirectResponse:
+    ) -> FileResponse | RedirectResponse | StreamingResponse:
         check_signature("GET", sha, size, exp, a, sig)
         path = registry.blobs.local_path(sha)
-        if path is None or not path.is_file():
-            raise NotFound(f"blob {sha} is not in this server's store")
-        return FileResponse(path, media_type="application/octet-stream")
+        if path is not None:
+            if not path.is_file():
+                raise NotFound(f"blob {sha} is not in this server's store")
+            return FileResponse(path, media_type="application/octet-stream")
+        # sealed (or remote): opened here, chunk by chunk; the client checks the sha256
+        pieces = registry.blobs.pieces(sha, size)
+        first = next(pieces)  # a missing or damaged blob fails here, as an error response
+        return StreamingResponse(
+            _chain(first, pieces),
+            media_type="application/octet-stream",
+            headers={"Content-Length": str(size)},
+        )
 
     @app.post("/v1/versions")
     def register(body: RegisterIn, who: tokens.Principal = Auth) -> dict[str, Any]:
@@ -484,7 +503,7 @@ def create_app(
             raise InvalidInput(f"{version.ref} is revoked: it is kept for audit, not for use")
         files = []
         for f in version.files:
-            if registry.blobs.is_local:
+            if registry.blobs.is_local or registry.blobs.sealer is not None:  # we serve them
                 url = blob_url(request, "GET", f.sha256, f.size, who.actor)
             else:
                 url = registry.blobs.store.presign(  # type: ignore[attr-defined]
@@ -583,3 +602,9 @@ def serve(
     registry = Registry(db, blobs, config=config, actor="server")
     app = create_app(registry)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _chain(first: memoryview, rest: Iterator[memoryview]) -> Iterator[bytes]:
+    yield bytes(first)
+    for piece in rest:
+        yield bytes(piece)

@@ -224,8 +224,45 @@ def test_a_declared_sse_location_makes_the_blob_store_send_sse(reg: Registry) ->
 
     residency.set_location(reg.engine, "s3://k/", "eu-west-1", "sse-kms", kms_key_id="key-1")
     residency.set_location(reg.engine, "s3://s/", "eu-west-1", "sse-s3")
-    kms = _encrypted(reg.engine, "s3://k/blobs", None)
+    kms, sealer = _encrypted(reg.engine, "s3://k/blobs", None, None)
     assert kms is not None and (kms.sse, kms.sse_kms_key_id) == ("aws:kms", "key-1")
-    sse = _encrypted(reg.engine, "s3://s/blobs", None)
+    assert sealer is None
+    sse, _ = _encrypted(reg.engine, "s3://s/blobs", None, None)
     assert sse is not None and sse.sse == "AES256"
-    assert _encrypted(reg.engine, "s3://plain/blobs", None) is None
+    assert _encrypted(reg.engine, "s3://plain/blobs", None, None) == (None, None)
+
+
+def test_residency_follows_lineage_to_what_is_derived(registry_db: str, tmp_path: Path) -> None:
+    from registry import residency
+
+    us = tmp_path / "us-blobs"
+    reg = Registry(registry_db, str(us))
+    residency.set_location(reg.engine, str(us), "us-east-1")
+    residency.set_location(reg.engine, "s3://eu-data/", "eu-west-1")
+    residency.set_residency(reg.engine, "health", ["eu-west-1"])
+    reg.register("health/scans", kind="dataset", dataset=("s3://eu-data/scans", 1))
+    # a token dataset made from it, registered elsewhere, holding no files: nothing to check
+    reg.register(
+        "ml/tokens", kind="dataset", dataset=("s3://eu-data/tok", 1), parents=["health/scans:1"]
+    )
+    src = write_files(tmp_path / "m", **{"w.bin": "trained on scans"})
+    head = audit.head(reg.engine)
+    for parents in (["health/scans:1"], ["ml/tokens:1"]):  # a parent, and a grandparent
+        with pytest.raises(
+            InvalidInput,
+            match=r"namespace 'health' keeps data only in eu-west-1 \(this derives from "
+            r"health/scans:1.*blob store .* is in us-east-1",
+        ):
+            reg.register("ml/model", [src], kind="model", parents=parents)
+    with pytest.raises(InvalidInput, match="derives from health/scans:1"):
+        reg.register("ml/tok2", kind="dataset", dataset=("s3://us/tok", 1), parents=parents)
+    assert not list(reg.blobs.list()) and audit.head(reg.engine) == head
+    # registered without lineage, then linked: the edge is refused, nothing recorded
+    reg.register("ml/model", [src], kind="model")
+    with pytest.raises(InvalidInput, match="derives from health/scans:1"):
+        reg.link("ml/tokens:1", "ml/model:1")
+    assert reg.lineage("ml/model:1").ids() == []
+    # moved to where the policy allows, the same registration goes through
+    residency.set_location(reg.engine, str(us), "eu-west-1")
+    assert reg.register("ml/model", [src], kind="model", parents=["ml/tokens:1"]).number == 2
+    reg.link("ml/tokens:1", "ml/model:1")

@@ -3,6 +3,7 @@ client against it, and every refusal the governance issue lists."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -39,6 +40,13 @@ def _free_port() -> int:
 @pytest.fixture
 def server(reg: Registry) -> Iterator[dict[str, Any]]:
     """The registry served on a loopback port, with tokens of each role in ``team``."""
+    with serving(reg) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving(reg: Registry) -> Iterator[dict[str, Any]]:
+    """``reg`` served on a loopback port, with tokens of each role in ``team``."""
     port = _free_port()
     config = uvicorn.Config(
         create_app(reg, url_ttl=60, max_upload=10 << 20),
@@ -292,3 +300,54 @@ def test_a_hash_alone_does_not_grant_another_namespaces_blob(
     assert w._call("POST", "/v1/versions", json=body)["ref"] == "team/copy:1"
     uploads = audit.records(reg.engine, action="upload")
     assert uploads and uploads[-1].actor == f"token:{server['ids']['writer']}"
+
+
+def test_a_sealed_s3_store_is_served_opened_and_never_presigned(
+    registry_db: str, s3_uri: str, s3_config: Any, tmp_path: Path
+) -> None:
+    """Client-side encryption through the server: the server holds the key file and opens
+    blobs for clients that passed the role check (a presigned S3 URL would hand out
+    ciphertext); the bucket holds only ciphertext."""
+    from registry import residency
+    from registry.envelope import LocalKeyFile, create_key
+
+    blobs = f"{s3_uri}/blobs"
+    create_key(tmp_path / "keys.json", "k1")
+    residency.set_location(
+        Registry(registry_db, str(tmp_path / "x")).engine, blobs, "eu", "aes-gcm", "k1"
+    )
+    reg = Registry(registry_db, blobs, config=s3_config, keys=LocalKeyFile(tmp_path / "keys.json"))
+    with serving(reg) as srv:
+        w = RemoteRegistry(srv["url"], srv["tokens"]["writer"])
+        body = "confidential weights " * 20_000  # 420 kB
+        src = write_files(tmp_path / "m", **{"w.bin": body})
+        v = w.register("team/model", [src], kind="model")
+        listed = httpx.get(
+            f"{srv['url']}/v1/downloads/team/model:1",
+            headers={"Authorization": f"Bearer {srv['tokens']['reader']}"},
+        ).json()
+        assert all(f["url"].startswith(srv["url"]) for f in listed["files"])
+        RemoteRegistry(srv["url"], srv["tokens"]["reader"]).download("team/model:1", tmp_path / "o")
+        assert (tmp_path / "o" / "w.bin").read_text() == body
+        raw = reg.blobs.store.get(reg.blobs.key(v.files[0].sha256))
+        assert b"confidential" not in raw and len(raw) > len(body)
+
+
+def test_residency_of_derived_data_is_checked_before_upload(
+    registry_db: str, tmp_path: Path
+) -> None:
+    from registry import residency
+
+    us = tmp_path / "us-blobs"
+    reg = Registry(registry_db, str(us))
+    residency.set_location(reg.engine, str(us), "us-east-1")
+    residency.set_location(reg.engine, "s3://eu-data/", "eu-west-1")
+    residency.set_residency(reg.engine, "team/eu", ["eu-west-1"])
+    reg.register("team/eu/scans", kind="dataset", dataset=("s3://eu-data/scans", 1))
+    with serving(reg) as srv:
+        w = RemoteRegistry(srv["url"], srv["tokens"]["writer"])
+        src = write_files(tmp_path / "m", **{"w.bin": "derived"})
+        with pytest.raises(InvalidInput, match="derives from team/eu/scans:1"):
+            w.register("team/model", [src], kind="model", parents=["team/eu/scans:1"])
+        assert not list(reg.blobs.list()), "refused before any upload URL was issued"
+        assert w.register("team/model", [src], kind="model").number == 1
