@@ -274,10 +274,7 @@ def hold_release(
     reg: Any = _open(ctx, db, blobs)
     if hold_id not in {h["id"] for h in reg.holds(name)}:
         raise InvalidInput(f"no active legal hold {hold_id} on {name}")
-    if hasattr(reg, "url"):
-        reg.release_hold(hold_id, name)
-    else:
-        reg.release_hold(hold_id)
+    reg.release_hold(hold_id, name)
     typer.echo(f"released hold {hold_id}")
 
 

@@ -42,6 +42,22 @@ class Lineage:
         """Every version reached, the root excluded."""
         return [i for i in self.nodes if i != self.root]
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Lineage:
+        """The walk of :meth:`to_dict` (ids renumbered in node order). Versions a server hid
+        (ref ``(hidden)``) collapse into one node."""
+        ids: dict[str, int] = {}
+        nodes: dict[int, dict[str, Any]] = {}
+        for i, node in enumerate(doc["nodes"]):
+            nodes[i] = dict(node)
+            ids.setdefault(node["ref"], i)
+        edges = [
+            (ids[e["parent"]], ids[e["child"]], str(e["relation"]))
+            for e in doc["edges"]
+            if e["parent"] in ids and e["child"] in ids
+        ]
+        return cls(ids[doc["root"]], doc["direction"], nodes, edges)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "root": self.nodes[self.root]["ref"],

@@ -883,17 +883,18 @@ class Registry:
 
         return int(self._retrying(put))
 
-    def release_hold(self, hold_id: int) -> None:
-        """End legal hold ``hold_id`` (kept, with when and by whom, in the audit trail)."""
+    def release_hold(self, hold_id: int, name: str | None = None) -> None:
+        """End legal hold ``hold_id`` (kept, with when and by whom, in the audit trail);
+        ``name``: only if it is a hold on that artifact (the server's role check needs it)."""
 
         def end(conn: Connection) -> None:
-            done = conn.execute(
-                update(t.holds)
-                .where(and_(t.holds.c.id == hold_id, t.holds.c.released_at.is_(None)))
-                .values(released_at=time.time())
-            ).rowcount
-            if not done:
-                raise NotFound(f"no active legal hold {hold_id}")
+            h = t.holds.c
+            which = and_(h.id == hold_id, h.released_at.is_(None))
+            if name is not None:
+                which = and_(which, h.artifact_id == self._artifact_id(conn, parse_ref(name)))
+            done = conn.execute(update(t.holds).where(which).values(released_at=time.time()))
+            if not done.rowcount:
+                raise NotFound(f"no active legal hold {hold_id}" + (f" on {name}" if name else ""))
             audit.append(conn, self.actor, "hold.release", f"hold:{hold_id}", {})
 
         self._retrying(end)

@@ -31,7 +31,9 @@ from datastore.errors import (
     Unreachable,
 )
 from registry.blobs import sha256_file
+from registry.lineage import Direction, Lineage
 from registry.policy import Policy
+from registry.refs import parse_ref
 from registry.registry import Version, _collect
 
 __all__ = ["RemoteRegistry"]
@@ -76,7 +78,9 @@ class RemoteRegistry:
         return Version.from_dict(self._call("GET", f"/v1/versions/{ref}"))
 
     def resolve_many(self, refs: Sequence[str]) -> list[Version]:
-        return [self.resolve(r) for r in refs]
+        """Every ref resolved in one snapshot (never half of a release)."""
+        rows = self._call("POST", "/v1/resolve", json={"refs": list(refs)})
+        return [Version.from_dict(d) for d in rows]
 
     def versions(self, name: str, limit: int | None = None) -> list[Version]:
         params: dict[str, Any] = {"name": name}
@@ -106,13 +110,22 @@ class RemoteRegistry:
     def alias_history(self, name: str, alias: str) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/alias-history", params={"name": name, "alias": alias}))
 
-    def lineage_dict(
-        self, ref: str, direction: str = "upstream", depth: int | None = None
-    ) -> dict[str, Any]:
+    def alias_at(self, name: str, alias: str, when: float) -> Version | None:
+        """The version ``alias`` pointed at, at UNIX time ``when`` (None: not set then)."""
+        moves = [m for m in self.alias_history(name, alias) if m["at"] <= when]
+        if not moves or moves[-1]["version"] is None:
+            return None
+        return self.resolve(str(parse_ref(name).at(moves[-1]["version"])))
+
+    def lineage(
+        self, ref: str, direction: Direction = "upstream", depth: int | None = None
+    ) -> Lineage:
+        """What ``ref`` was made from or what was made from it; versions of namespaces the
+        token may not read appear as ``(hidden)``."""
         params: dict[str, Any] = {"ref": ref, "direction": direction}
         if depth is not None:
             params["depth"] = depth
-        return dict(self._call("GET", "/v1/lineage", params=params))
+        return Lineage.from_dict(self._call("GET", "/v1/lineage", params=params))
 
     def deployable(self, name: str, policy: Policy | None = None) -> list[dict[str, Any]]:
         policy = policy or Policy()
@@ -194,8 +207,9 @@ class RemoteRegistry:
         rows = self._call("POST", "/v1/releases", json={"refs": list(refs), "alias": alias})
         return [Version.from_dict(d) for d in rows]
 
-    def link(self, parent: str, child: str) -> None:
-        self._call("POST", "/v1/links", json={"parent": parent, "child": child})
+    def link(self, parent: str, child: str, relation: str = "derived") -> None:
+        body = {"parent": parent, "child": child, "relation": relation}
+        self._call("POST", "/v1/links", json=body)
 
     def revoke(self, ref: str, reason: str = "") -> Version:
         body = {"ref": ref, "reason": reason}
@@ -208,7 +222,9 @@ class RemoteRegistry:
     def holds(self, name: str) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/holds", params={"name": name}))
 
-    def release_hold(self, hold_id: int, name: str) -> None:
+    def release_hold(self, hold_id: int, name: str | None = None) -> None:
+        if name is None:
+            raise InvalidInput(f"releasing hold {hold_id} through a server needs its artifact name")
         self._call("DELETE", f"/v1/holds/{hold_id}", params={"name": name})
 
     def declassify(self, ref: str, ancestor: str, reason: str) -> None:
@@ -245,8 +261,8 @@ class RemoteRegistry:
                         out.write(chunk)
                 if h.hexdigest() != f["sha256"]:
                     raise Corrupt(
-                        f"{f['path']} of {ref} arrived with sha256 {h.hexdigest()}, not "
-                        f"{f['sha256']}"
+                        f"{f['path']} of {ref} does not match its checksum (it arrived with "
+                        f"sha256 {h.hexdigest()}, not {f['sha256']})"
                     )
                 os.replace(tmp, target)
             finally:

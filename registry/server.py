@@ -95,6 +95,10 @@ class ReleaseIn(BaseModel):
     alias: str = Field(max_length=64)
 
 
+class ResolveIn(BaseModel):
+    refs: list[str] = Field(max_length=1000)
+
+
 class RevokeIn(BaseModel):
     ref: str = Field(max_length=800)
     reason: str = Field(default="", max_length=4096)
@@ -103,6 +107,7 @@ class RevokeIn(BaseModel):
 class LinkIn(BaseModel):
     parent: str = Field(max_length=800)
     child: str = Field(max_length=800)
+    relation: str = Field(default="derived", max_length=64)
 
 
 class HoldIn(BaseModel):
@@ -237,6 +242,16 @@ def create_app(
     def resolve(ref: str, who: tokens.Principal = Auth) -> dict[str, Any]:
         guard(who, ref, "reader")
         return registry.resolve(ref).to_dict()
+
+    @app.post("/v1/resolve")
+    def resolve_many(body: ResolveIn, who: tokens.Principal = Auth) -> list[dict[str, Any]]:
+        """Several references resolved in one snapshot (a release is seen whole or not)."""
+        for ref in body.refs:
+            who.require(ns(ref), "reader")
+        found = registry.resolve_many(body.refs)
+        for v in found:
+            guard(who, str(v.ref), "reader")
+        return [v.to_dict() for v in found]
 
     @app.get("/v1/versions")
     def versions(
@@ -453,7 +468,7 @@ def create_app(
     def link(body: LinkIn, who: tokens.Principal = Auth) -> dict[str, Any]:
         who.require(ns(body.child), "writer")
         who.require(ns(body.parent), "reader")
-        as_(who).link(body.parent, body.child)
+        as_(who).link(body.parent, body.child, body.relation)
         return {"ok": True}
 
     @app.post("/v1/revoke")
@@ -477,9 +492,7 @@ def create_app(
         hold_id: int, name: str = Query(max_length=700), who: tokens.Principal = Auth
     ) -> dict[str, Any]:
         who.require(ns(name), "admin")
-        if hold_id not in {h["id"] for h in registry.holds(name)}:
-            raise NotFound(f"no active legal hold {hold_id} on {name}")
-        as_(who).release_hold(hold_id)
+        as_(who).release_hold(hold_id, name)
         return {"released": hold_id}
 
     @app.post("/v1/declassify")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,8 +42,8 @@ def reg(registry_db: str, tmp_path: Path) -> Registry:
     return r
 
 
-def test_lineage_at_any_depth_both_ways(reg: Registry) -> None:
-    up = reg.lineage("models/chat:2")
+def test_lineage_at_any_depth_both_ways(client: Any) -> None:
+    up = client.lineage("models/chat:2")
     refs = {n["ref"] for n in up.nodes.values()}
     assert refs == {
         "models/chat:2",
@@ -53,11 +54,11 @@ def test_lineage_at_any_depth_both_ways(reg: Registry) -> None:
         "tok/bpe:1",
         "data/corpus:1",
     }
-    assert {n["ref"] for n in reg.lineage("models/chat:2", depth=1).nodes.values()} == {
+    assert {n["ref"] for n in client.lineage("models/chat:2", depth=1).nodes.values()} == {
         "models/chat:2",
         "models/ckpt:1",
     }
-    down = reg.lineage("data/corpus:1", "downstream")
+    down = client.lineage("data/corpus:1", "downstream")
     assert {"models/chat:1", "models/chat:2", "models/chat:3"} <= {
         n["ref"] for n in down.nodes.values()
     }
@@ -75,42 +76,42 @@ def test_lineage_at_any_depth_both_ways(reg: Registry) -> None:
     json.dumps(events)  # plain JSON
 
 
-def test_manual_links_refuse_cycles(reg: Registry) -> None:
-    reg.link("data/corpus:1", "models/base:1")
-    assert "data/corpus:1" in {n["ref"] for n in reg.lineage("models/base:1").nodes.values()}
+def test_manual_links_refuse_cycles(client: Any) -> None:
+    client.link("data/corpus:1", "models/base:1")
+    assert "data/corpus:1" in {n["ref"] for n in client.lineage("models/base:1").nodes.values()}
     with pytest.raises(InvalidInput, match="cycle"):
-        reg.link("models/chat:1", "data/corpus:1")
+        client.link("models/chat:1", "data/corpus:1")
 
 
-def test_deployable_policy(reg: Registry) -> None:
+def test_deployable_policy(client: Any) -> None:
     policy = Policy(
         conditions=[parse_condition("eval/acc>=0.8")], upstream_tags={"license": "approved"}
     )
-    ok = [a["version"].number for a in reg.deployable("models/chat", policy) if a["deployable"]]
+    ok = [a["version"].number for a in client.deployable("models/chat", policy) if a["deployable"]]
     assert ok == [3, 2]
-    refused = {a["version"].number: a["why"] for a in reg.deployable("models/chat", policy)}
+    refused = {a["version"].number: a["why"] for a in client.deployable("models/chat", policy)}
     assert refused[1] == ["eval/acc>=0.8 fails (eval/acc=0.7)"]
-    reg.set_alias("models/chat:2", "production")
+    client.set_alias("models/chat:2", "production")
     aliased = Policy(alias="production", conditions=policy.conditions)
     assert [
-        a["version"].number for a in reg.deployable("models/chat", aliased) if a["deployable"]
+        a["version"].number for a in client.deployable("models/chat", aliased) if a["deployable"]
     ] == [2]
     # data revoked upstream makes everything trained on it undeployable, with the reason
-    reg.revoke("data/clean:1", "license withdrawn")
-    answers = reg.deployable("models/chat", policy)
+    client.revoke("data/clean:1", "license withdrawn")
+    answers = client.deployable("models/chat", policy)
     assert not any(a["deployable"] for a in answers)
     assert "upstream data/clean:1 is revoked" in answers[0]["why"]
     with pytest.raises(InvalidInput, match="name OP number"):
         parse_condition("eval/acc => 0.8")
 
 
-def test_a_release_moves_every_alias_at_once(reg: Registry, tmp_path: Path) -> None:
+def test_a_release_moves_every_alias_at_once(client: Any, tmp_path: Path) -> None:
     refs_v1 = ["models/chat:1", "tok/bpe:1", "data/tokens:1"]
-    reg.release(refs_v1, "prod")
+    client.release(refs_v1, "prod")
     f = tmp_path / "g"
     f.write_text("y")
-    reg.register("tok/bpe", [f], kind="tokenizer")
-    reg.register("data/tokens", [f], kind="dataset")
+    client.register("tok/bpe", [f], kind="tokenizer")
+    client.register("data/tokens", [f], kind="dataset")
     refs_v2 = ["models/chat:3", "tok/bpe:2", "data/tokens:2"]
     names = ["models/chat@prod", "tok/bpe@prod", "data/tokens@prod"]
     seen: list[tuple[int, ...]] = []
@@ -118,15 +119,15 @@ def test_a_release_moves_every_alias_at_once(reg: Registry, tmp_path: Path) -> N
 
     def reader() -> None:
         while not stop.is_set():
-            seen.append(tuple(v.number for v in reg.resolve_many(names)))
+            seen.append(tuple(v.number for v in client.resolve_many(names)))
 
     th = threading.Thread(target=reader)
     th.start()
     for _ in range(5):
-        reg.release(refs_v2, "prod")
-        reg.release(refs_v1, "prod")
+        client.release(refs_v2, "prod")
+        client.release(refs_v1, "prod")
     stop.set()
     th.join()
     assert set(seen) <= {(1, 1, 1), (3, 2, 2)}, "never a mix of two releases"
     with pytest.raises(InvalidInput, match="one version per artifact"):
-        reg.release(["tok/bpe:1", "tok/bpe:2"], "prod")
+        client.release(["tok/bpe:1", "tok/bpe:2"], "prod")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,81 +44,81 @@ def test_references_parse_and_refuse_bad_names() -> None:
 
 
 def test_versions_count_up_and_identical_files_are_stored_once(
-    reg: Registry, tmp_path: Path
+    client: Any, reg: Registry, tmp_path: Path
 ) -> None:
     ckpt = _files(tmp_path / "ckpt", **{"a.bin": "A" * 1000, "b.bin": "B" * 1000})
-    v1 = reg.register("team/ckpt", [ckpt], kind="checkpoint", metrics={"step": 100})
+    v1 = client.register("team/ckpt", [ckpt], kind="checkpoint", metrics={"step": 100})
     (ckpt / "b.bin").write_text("C" * 1000)  # one shard changed
-    v2 = reg.register("team/ckpt", [ckpt], kind="checkpoint", metrics={"step": 200})
+    v2 = client.register("team/ckpt", [ckpt], kind="checkpoint", metrics={"step": 200})
     assert (v1.number, v2.number) == (1, 2)
     assert v1.digest != v2.digest
     same = {f.path: f.sha256 for f in v1.files}
     assert same["a.bin"] == {f.path: f.sha256 for f in v2.files}["a.bin"]
     assert len(list(reg.blobs.list())) == 3, "a.bin stored once for both versions"
-    assert reg.resolve("team/ckpt").number == 2
-    assert reg.resolve("team/ckpt:latest").number == 2
-    assert reg.resolve("team/ckpt:1").metrics == {"step": 100.0}
-    assert [v.number for v in reg.versions("team/ckpt")] == [2, 1]
-    out = reg.download("team/ckpt:1", tmp_path / "out")
+    assert client.resolve("team/ckpt").number == 2
+    assert client.resolve("team/ckpt:latest").number == 2
+    assert client.resolve("team/ckpt:1").metrics == {"step": 100.0}
+    assert [v.number for v in client.versions("team/ckpt")] == [2, 1]
+    out = client.download("team/ckpt:1", tmp_path / "out")
     assert (out / "b.bin").read_text() == "B" * 1000
 
 
-def test_aliases_move_with_history(reg: Registry, tmp_path: Path) -> None:
+def test_aliases_move_with_history(client: Any, tmp_path: Path) -> None:
     f = _files(tmp_path / "m", **{"w": "1"})
-    reg.register("m", [f], kind="model")
-    reg.register("m", [f], kind="model")
-    reg.set_alias("m:1", "production")
+    client.register("m", [f], kind="model")
+    client.register("m", [f], kind="model")
+    client.set_alias("m:1", "production")
     t_mid = time.time()
     time.sleep(0.01)
-    reg.set_alias("m:2", "production")
-    assert reg.resolve("m@production").number == 2
-    assert reg.resolve("m:2").aliases == ("production",)
-    history = reg.alias_history("m", "production")
+    client.set_alias("m:2", "production")
+    assert client.resolve("m@production").number == 2
+    assert client.resolve("m:2").aliases == ("production",)
+    history = client.alias_history("m", "production")
     assert [h["version"] for h in history] == [1, 2]
-    then = reg.alias_at("m", "production", t_mid)
+    then = client.alias_at("m", "production", t_mid)
     assert then is not None and then.number == 1
-    assert reg.alias_at("m", "production", history[0]["at"] - 1) is None
+    assert client.alias_at("m", "production", history[0]["at"] - 1) is None
     with pytest.raises(NotFound, match="no alias 'staging'"):
-        reg.resolve("m@staging")
+        client.resolve("m@staging")
 
 
-def test_revoked_versions_are_kept_but_not_downloadable(reg: Registry, tmp_path: Path) -> None:
+def test_revoked_versions_are_kept_but_not_downloadable(client: Any, tmp_path: Path) -> None:
     f = _files(tmp_path / "d", **{"x": "1"})
-    reg.register("d", [f], kind="dataset")
-    revoked = reg.revoke("d:1", "license withdrawn")
-    assert revoked.revoked_at is not None and reg.resolve("d:1").revoked_at is not None
+    client.register("d", [f], kind="dataset")
+    revoked = client.revoke("d:1", "license withdrawn")
+    assert revoked.revoked_at is not None and client.resolve("d:1").revoked_at is not None
     with pytest.raises(InvalidInput, match="revoked"):
-        reg.download("d:1", tmp_path / "out")
+        client.download("d:1", tmp_path / "out")
 
 
-def test_bad_input_registers_nothing(reg: Registry, tmp_path: Path) -> None:
+def test_bad_input_registers_nothing(client: Any, tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="does not exist"):
-        reg.register("x", [tmp_path / "missing"], kind="model")
+        client.register("x", [tmp_path / "missing"], kind="model")
     with pytest.raises(InvalidInput, match="unknown kind"):
-        reg.register("x", [_files(tmp_path / "f", a="1")], kind="weights")
+        client.register("x", [_files(tmp_path / "f", a="1")], kind="weights")
     with pytest.raises(InvalidInput, match="invalid"):
-        reg.register("../x", [tmp_path / "f"], kind="model")
+        client.register("../x", [tmp_path / "f"], kind="model")
     with pytest.raises(NotFound, match="no artifact default/parent"):
-        reg.register("x", [tmp_path / "f"], kind="model", parents=["parent:1"])
-    assert reg.artifacts() == [], "nothing half-registered"
-    reg.register("x", [tmp_path / "f"], kind="model")
+        client.register("x", [tmp_path / "f"], kind="model", parents=["parent:1"])
+    assert client.artifacts() == [], "nothing half-registered"
+    client.register("x", [tmp_path / "f"], kind="model")
     with pytest.raises(InvalidInput, match="holds model versions"):
-        reg.register("x", [tmp_path / "f"], kind="dataset")
+        client.register("x", [tmp_path / "f"], kind="dataset")
     with pytest.raises(NotFound, match="no version 5"):
-        reg.resolve("x:5")
+        client.resolve("x:5")
 
 
 def test_a_corrupted_blob_fails_its_download_and_leaves_nothing(
-    reg: Registry, tmp_path: Path
+    client: Any, reg: Registry, tmp_path: Path
 ) -> None:
     f = _files(tmp_path / "f", w="weights" * 100)
-    v = reg.register("m", [f], kind="model")
+    v = client.register("m", [f], kind="model")
     blob = Path(reg.blob_location) / reg.blobs.key(v.files[0].sha256)
     data = bytearray(blob.read_bytes())
     data[10] ^= 0xFF
     blob.write_bytes(bytes(data))
     with pytest.raises(Corrupt, match="does not match its checksum"):
-        reg.download("m:1", tmp_path / "out")
+        client.download("m:1", tmp_path / "out")
     assert not (tmp_path / "out" / "w").exists()
 
 
@@ -186,14 +187,14 @@ def test_a_blob_store_belongs_to_one_registry(registry_db: str, tmp_path: Path) 
 
 
 def test_hot_reads_match_the_general_path_and_find_combines_conditions(
-    reg: Registry, tmp_path: Path
+    client: Any, tmp_path: Path
 ) -> None:
     """resolve/versions (plain SQL on the cursor) return what resolve_many (SQLAlchemy Core)
     does, field for field; find ANDs its conditions."""
     src = _files(tmp_path / "m", **{"w.bin": "w", "z.txt": "z"})
-    reg.register("team/data", kind="dataset", dataset=("file:///d", 3), tags={"license": "ok"})
+    client.register("team/data", kind="dataset", dataset=("file:///d", 3), tags={"license": "ok"})
     for i in range(5):
-        reg.register(
+        client.register(
             "team/model",
             [src],
             kind="model",
@@ -202,33 +203,38 @@ def test_hot_reads_match_the_general_path_and_find_combines_conditions(
             metadata={"step": i},
             parents=["team/data:1"],
         )
-    reg.set_alias("team/model:2", "production")
-    reg.set_alias("team/model:2", "staging")
-    reg.revoke("team/model:4", "bad")
-    fast = [reg.resolve("team/model@production"), *reg.versions("team/model")]
-    slow = reg.resolve_many(
+    client.set_alias("team/model:2", "production")
+    client.set_alias("team/model:2", "staging")
+    client.revoke("team/model:4", "bad")
+    fast = [client.resolve("team/model@production"), *client.versions("team/model")]
+    slow = client.resolve_many(
         ["team/model@production", *[f"team/model:{n}" for n in (5, 4, 3, 2, 1)]]
     )
     assert fast == slow
     assert fast[0].aliases == ("production", "staging") and fast[0].metrics == {"eval/acc": 0.1}
     assert fast[0].tags == {"commit": "c1", "team": "nlp"} and fast[0].metadata == {"step": 1}
     assert [f.path for f in fast[0].files] == ["w.bin", "z.txt"]
-    assert [v.number for v in reg.versions("team/model", limit=2)] == [5, 4]
-    assert reg.versions("team/model", limit=0) == []
+    assert [v.number for v in client.versions("team/model", limit=2)] == [5, 4]
+    assert client.versions("team/model", limit=0) == []
     with pytest.raises(NotFound, match="team/nothing"):
-        reg.versions("team/nothing")
+        client.versions("team/nothing")
 
-    assert [v.number for v in reg.find(tags={"commit": "c3"})] == [4]
-    assert [v.number for v in reg.find(tags={"team": "nlp"}, name="team/model", limit=2)] == [4, 5]
-    assert reg.find(tags={"team": "nlp", "commit": "c9"}) == []
-    assert [str(v.ref) for v in reg.find(tags={"license": "ok"}, kind="dataset")] == ["team/data:1"]
-    assert reg.find(tags={"license": "ok"}, kind="model") == []
+    assert [v.number for v in client.find(tags={"commit": "c3"})] == [4]
+    assert [v.number for v in client.find(tags={"team": "nlp"}, name="team/model", limit=2)] == [
+        4,
+        5,
+    ]
+    assert client.find(tags={"team": "nlp", "commit": "c9"}) == []
+    assert [str(v.ref) for v in client.find(tags={"license": "ok"}, kind="dataset")] == [
+        "team/data:1"
+    ]
+    assert client.find(tags={"license": "ok"}, kind="model") == []
     sha = fast[0].files[0].sha256
     assert (
-        len(reg.find(sha256=sha, kind="model")) == 5
-        and reg.find(sha256=sha, kind="tokenizer") == []
+        len(client.find(sha256=sha, kind="model")) == 5
+        and client.find(sha256=sha, kind="tokenizer") == []
     )
     with pytest.raises(InvalidInput, match="needs at least one"):
-        reg.find()
+        client.find()
     with pytest.raises(InvalidInput, match="unknown kind"):
-        reg.find(tags={"a": "b"}, kind="weights")
+        client.find(tags={"a": "b"}, kind="weights")

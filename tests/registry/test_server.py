@@ -3,9 +3,6 @@ client against it, and every refusal the governance issue lists."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +12,6 @@ import pytest
 
 pytest.importorskip("fastapi")
 import httpx
-import uvicorn
 
 from datastore.errors import (
     InvalidInput,
@@ -27,14 +23,7 @@ from datastore.errors import (
 from registry import Registry, audit, tokens
 from registry.policy import Policy, parse_condition
 from registry.remote import RemoteRegistry
-from registry.server import create_app
-from tests.registry.conftest import write_files
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.registry.conftest import serving, write_files
 
 
 @pytest.fixture
@@ -42,37 +31,6 @@ def server(reg: Registry) -> Iterator[dict[str, Any]]:
     """The registry served on a loopback port, with tokens of each role in ``team``."""
     with serving(reg) as served:
         yield served
-
-
-@contextlib.contextmanager
-def serving(reg: Registry) -> Iterator[dict[str, Any]]:
-    """``reg`` served on a loopback port, with tokens of each role in ``team``."""
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(reg, url_ttl=60, max_upload=10 << 20),
-        host="127.0.0.1",
-        port=port,
-        log_level="error",
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    made = {role: tokens.create_token(reg.engine, "team", role) for role in tokens.ROLES}
-    made["other"] = tokens.create_token(reg.engine, "other", "admin")
-    try:
-        yield {
-            "url": f"http://127.0.0.1:{port}",
-            "reg": reg,
-            "tokens": {k: v[0] for k, v in made.items()},
-            "ids": {k: v[1].id for k, v in made.items()},
-        }
-    finally:
-        srv.should_exit = True
-        thread.join(10)
 
 
 def test_remote_client_matches_local_mode(server: dict[str, Any], tmp_path: Path) -> None:
@@ -96,7 +54,7 @@ def test_remote_client_matches_local_mode(server: dict[str, Any], tmp_path: Path
     assert (out / "a.bin").read_text() == "A" * 3000 and (out / "b.txt").read_text() == "bee"
     rows = w.deployable("team/model", Policy(conditions=(parse_condition("acc>=0.8"),)))
     assert [(r["version"].number, r["deployable"]) for r in rows] == [(2, False), (1, True)]
-    assert w.lineage_dict("team/model:1")["nodes"]
+    assert w.lineage("team/model:1").nodes
     assert [h["version"] for h in w.alias_history("team/model", "production")] == [1]
     actor = f"token:{server['ids']['writer']}"
     mine = [(r.action, r.target) for r in audit.records(reg.engine, actor=actor)]
