@@ -168,18 +168,45 @@ def search_command(
     ),
     registry: str | None = _REGISTRY,
     blobs: str | None = _BLOBS,
+    token: str | None = typer.Option(
+        None, "--token", help="API token when --registry is a server (else SHARDYARD_TOKEN)."
+    ),
     as_json: bool = _JSON,
 ) -> None:
-    """Search an index on behalf of a principal: only chunks its groups may read."""
+    """Search an index on behalf of a principal: only chunks its groups may read. Through a
+    registry server (--registry http(s)://...) the groups are the token's, decided there."""
+    import os
+
+    from datastore.errors import InvalidInput
     from pipelines.vectors import IndexSpec
 
+    location = registry or os.environ.get("SHARDYARD_REGISTRY") or ""
+    if location.startswith(("http://", "https://")):
+        local_only = {"--groups": groups, "--model": model, "--table-version": version}
+        local_only.update({"--ef": ef, "--nprobes": nprobes, "--refine": refine})
+        given = [name for name, value in local_only.items() if value is not None]
+        if given:
+            raise InvalidInput(
+                f"{', '.join(given)}: not through a registry server (it searches the version "
+                "the reference pins, with the groups recorded on your token)"
+            )
+        from pipelines.retrieval import Hit
+        from registry.remote import RemoteRegistry
+
+        remote = RemoteRegistry(location, token or os.environ.get("SHARDYARD_TOKEN"))
+        found = remote.search(ref, query, k, mode=mode, where=where)
+        _show_hits([Hit(**h) for h in found], as_json)
+        return
     base = IndexSpec()
     spec = IndexSpec(
         ef=ef or base.ef, nprobes=nprobes or base.nprobes, refine=refine or base.refine
     )
     index = _open(ctx, ref, registry, blobs, model=model, version=version, spec=spec)
     principal = None if groups is None else [g for g in groups.split(",") if g.strip()]
-    hits = index.search(query, k, mode=mode, groups=principal, where=where)
+    _show_hits(index.search(query, k, mode=mode, groups=principal, where=where), as_json)
+
+
+def _show_hits(hits: list[Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps([h.to_dict() for h in hits], indent=2))
         return

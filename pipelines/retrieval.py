@@ -17,6 +17,8 @@ narrow the search but never widen it past the access filter.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -34,8 +36,9 @@ from pipelines.vectors import (
     split_table_uri,
     table_meta,
 )
+from registry.search import Searcher
 
-__all__ = ["MODES", "Hit", "VectorIndex", "open_index"]
+__all__ = ["MODES", "Hit", "RegistrySearcher", "VectorIndex", "open_index"]
 
 MODES = ("vector", "text", "hybrid")
 _COLUMNS = ["chunk_id", "doc_id", "chunk", "text", "source", "access_groups", "metadata"]
@@ -212,21 +215,64 @@ def open_index(
             found = reg.resolve(ref)
         finally:
             reg.close()
-        if found.kind != "vector-index" or found.dataset_uri is None:
-            raise InvalidInput(
-                f"{found.ref} is a {found.kind}, not a vector-index: search a registered index "
-                "or a table URI (<database>/<name>.lance)"
-            )
-        if found.revoked_at is not None:
-            raise InvalidInput(f"{found.ref} is revoked: it is kept for audit, not for search")
-        table_ref = split_table_uri(found.dataset_uri)
-        version = found.dataset_version if version is None else version
+        table_ref, pinned = _pinned_table(found)
+        version = pinned if version is None else version
         registry_ref = str(found.ref)
     table = open_table(table_ref, version, storage)
     try:
         return VectorIndex(table, table_ref, registry_ref=registry_ref, model=model, spec=spec)
     except InvalidInput as err:
         raise InvalidInput(f"{table_ref.uri}: {err}") from None
+
+
+def _pinned_table(found: Any) -> tuple[TableRef, int | None]:
+    """The table and table version registered ``vector-index`` version ``found`` pins."""
+    if found.kind != "vector-index" or found.dataset_uri is None:
+        raise InvalidInput(
+            f"{found.ref} is a {found.kind}, not a vector-index: search a registered index "
+            "or a table URI (<database>/<name>.lance)"
+        )
+    if found.revoked_at is not None:
+        raise InvalidInput(f"{found.ref} is revoked: it is kept for audit, not for search")
+    return split_table_uri(found.dataset_uri), found.dataset_version
+
+
+class RegistrySearcher(Searcher):
+    """Searches registered ``vector-index`` versions for the registry server (entry point
+    ``shardyard.searchers: vector-index``). Opened tables stay open (a version's pinned table
+    never changes) and the embedding model stays loaded, so a query costs the search."""
+
+    def __init__(self, keep: int = 16) -> None:
+        self._open: OrderedDict[tuple[str, int | None], VectorIndex] = OrderedDict()
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def search(
+        self,
+        version: Any,
+        query: str | Sequence[float],
+        k: int,
+        *,
+        mode: str,
+        groups: Sequence[str],
+        where: str | None,
+        storage: StorageConfig | None,
+    ) -> list[dict[str, Any]]:
+        table_ref, pinned = _pinned_table(version)
+        key = (table_ref.uri, pinned)
+        with self._lock:
+            index = self._open.get(key)
+            if index is not None:
+                self._open.move_to_end(key)
+        if index is None:
+            table = open_table(table_ref, pinned, storage)
+            index = VectorIndex(table, table_ref, registry_ref=str(version.ref))
+            with self._lock:
+                self._open[key] = index
+                while len(self._open) > self._keep:
+                    self._open.popitem(last=False)
+        hits = index.search(query, k, mode=mode, groups=list(groups), where=where)
+        return [h.to_dict() for h in hits]
 
 
 def with_spec(index: VectorIndex, **changes: Any) -> VectorIndex:

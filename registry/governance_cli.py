@@ -65,22 +65,33 @@ def token_create(
     role: str = typer.Option(..., "--role", "-r", help="reader, writer or admin."),
     expires: str | None = typer.Option(None, "--expires", help="Lifetime, e.g. 30d, 12h."),
     note: str = typer.Option("", "--note", help="What the token is for."),
+    group: list[str] = typer.Option(
+        [], "--group", "-g", help="Access group for index searches (repeatable)."
+    ),
     db: str | None = RegistryOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Create a token; its secret is printed once (store it: only a hash is kept)."""
+    """Create a token; its secret is printed once (store it: only a hash is kept). Its
+    --group values are what searches through the server may read."""
     from registry.tokens import create_token, parse_duration
 
     lifetime = parse_duration(expires) if expires else None
     secret, info = create_token(
-        _engine(db), namespace, role, expires_in=lifetime, note=note, by=_operator()
+        _engine(db),
+        namespace,
+        role,
+        expires_in=lifetime,
+        note=note,
+        by=_operator(),
+        groups=group,
     )
     if as_json:
         typer.echo(json.dumps({"token": secret, **info.to_dict()}, indent=2, sort_keys=True))
         return
     typer.echo(secret)
     typer.echo(
-        f"id {info.id}, {info.role} in {info.namespace!r}, expires {_when(info.expires_at)}",
+        f"id {info.id}, {info.role} in {info.namespace!r}, expires {_when(info.expires_at)}"
+        + (f", groups {', '.join(info.groups)}" if info.groups else ""),
         err=True,
     )
 

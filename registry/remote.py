@@ -139,6 +139,24 @@ class RemoteRegistry:
         rows = self._call("GET", "/v1/deployable", params=params)
         return [{**r, "version": Version.from_dict(r["version"])} for r in rows]
 
+    def search(
+        self,
+        ref: str,
+        query: str | Sequence[float],
+        k: int = 10,
+        *,
+        mode: str = "vector",
+        where: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The ``k`` best hits of ``query`` (text, or a vector) in registered index ``ref``,
+        among what this token's access groups may read (the server decides them)."""
+        body: dict[str, Any] = {"ref": ref, "k": k, "mode": mode, "where": where}
+        if isinstance(query, str):
+            body["query"] = query
+        else:
+            body["vector"] = [float(x) for x in query]
+        return list(self._call("POST", "/v1/search", json=body)["hits"])
+
     # -- writes ------------------------------------------------------------------------------
     def register(
         self,
@@ -271,9 +289,20 @@ class RemoteRegistry:
 
     # -- tokens and audit (admin) ------------------------------------------------------------
     def create_token(
-        self, namespace: str, role: str, expires_in: float | None = None, note: str = ""
+        self,
+        namespace: str,
+        role: str,
+        expires_in: float | None = None,
+        note: str = "",
+        groups: Sequence[str] = (),
     ) -> dict[str, Any]:
-        body = {"namespace": namespace, "role": role, "expires_in": expires_in, "note": note}
+        body = {
+            "namespace": namespace,
+            "role": role,
+            "expires_in": expires_in,
+            "note": note,
+            "groups": list(groups),
+        }
         return dict(self._call("POST", "/v1/tokens", json=body))
 
     def revoke_token(self, token_id: str) -> dict[str, Any]:

@@ -191,6 +191,7 @@ tokens = Table(
     Column("expires_at", Float, nullable=True),
     Column("revoked_at", Float, nullable=True),
     Column("note", Text, nullable=False, default=""),
+    Column("groups", Text, nullable=False, server_default="[]"),  # JSON list: access groups
 )
 
 audit = Table(

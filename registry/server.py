@@ -127,11 +127,21 @@ class DeclassifyIn(BaseModel):
     reason: str = Field(max_length=4096)
 
 
+class SearchIn(BaseModel):
+    ref: str = Field(max_length=800)
+    query: str | None = Field(default=None, max_length=20_000)
+    vector: list[float] | None = Field(default=None, max_length=8192)
+    k: int = Field(default=10, ge=1, le=1000)
+    mode: str = Field(default="vector", pattern="^(vector|text|hybrid)$")
+    where: str | None = Field(default=None, max_length=2000)
+
+
 class TokenIn(BaseModel):
     namespace: str = Field(max_length=512)
     role: str = Field(max_length=16)
     expires_in: float | None = None
     note: str = Field(default="", max_length=1024)
+    groups: list[str] = Field(default=[], max_length=256)
 
 
 def create_app(
@@ -140,8 +150,10 @@ def create_app(
     url_ttl: float = 300.0,
     max_upload: int = 64 << 30,
     signing_key: bytes | None = None,
+    storage: Any = None,
 ) -> FastAPI:
-    """The app serving ``registry``; signed blob URLs live ``url_ttl`` seconds."""
+    """The app serving ``registry``; signed blob URLs live ``url_ttl`` seconds; ``storage``:
+    the StorageConfig searches open indexes with (S3 tables)."""
     key = signing_key or secrets.token_bytes(32)
     app = FastAPI(
         title="Shardyard registry",
@@ -526,6 +538,41 @@ def create_app(
         as_(who).record("download", str(version.ref), {"files": len(files)})
         return {"version": version.to_dict(), "files": files}
 
+    @app.post("/v1/search")
+    def search(body: SearchIn, who: tokens.Principal = Auth) -> dict[str, Any]:
+        """Search a registered index as the token's principal: only what the access groups
+        recorded on the token may read (a client cannot name other groups). Audited."""
+        from registry.search import load_searcher
+
+        guard(who, body.ref, "reader")
+        version = registry.resolve(body.ref)
+        if (body.query is None) == (body.vector is None):
+            raise InvalidInput("a search takes a query text or a query vector (one of them)")
+        query: str | list[float] = body.query if body.query is not None else body.vector or []
+        hits = load_searcher(version.kind, str(version.ref)).search(
+            version,
+            query,
+            body.k,
+            mode=body.mode,
+            groups=who.groups,
+            where=body.where,
+            storage=storage,
+        )
+        asked = body.query if body.query is not None else repr(body.vector)
+        as_(who).record(
+            "search",
+            str(version.ref),
+            {
+                "mode": body.mode,
+                "k": body.k,
+                "hits": len(hits),
+                "groups": list(who.groups),
+                "query_sha256": hashlib.sha256(asked.encode()).hexdigest(),
+                "where": body.where,
+            },
+        )
+        return {"version": version.to_dict(), "hits": hits}
+
     @app.post("/v1/tokens")
     def create_token(body: TokenIn, who: tokens.Principal = Auth) -> dict[str, Any]:
         secret, info = tokens.create_token(
@@ -535,6 +582,7 @@ def create_app(
             expires_in=body.expires_in,
             by=who,
             note=body.note,
+            groups=body.groups,
         )
         return {"token": secret, **info.to_dict()}
 
@@ -613,7 +661,7 @@ def serve(
     import uvicorn
 
     registry = Registry(db, blobs, config=config, actor="server")
-    app = create_app(registry)
+    app = create_app(registry, storage=config)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -4,7 +4,9 @@ A token is ``sy_<id>_<secret>``; the database keeps only the sha256 of the secre
 of the database grants nothing. Each token is scoped to one namespace (and the namespaces
 under it: ``team`` covers ``team/project``; ``*`` covers all) with one role:
 
-* ``reader``: resolve, list, show, lineage, deployable, download, search;
+* ``reader``: resolve, list, show, lineage, deployable, download, search (a token also
+  carries its principal's access groups: searches of vector indexes through the server see
+  only the chunks those groups may read);
 * ``writer``: also register, move aliases, link, release;
 * ``admin``: also revoke versions, create and revoke tokens in its scope, read the audit log.
 
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -61,9 +65,15 @@ class TokenInfo:
     expires_at: float | None
     revoked_at: float | None
     note: str
+    groups: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "groups": list(self.groups)}
+
+    @classmethod
+    def from_row(cls, row: Any) -> TokenInfo:
+        fields = {k: row[k] for k in cls.__dataclass_fields__ if k != "groups"}
+        return cls(**fields, groups=tuple(json.loads(row["groups"] or "[]")))
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class Principal:
     actor: str
     namespace: str
     role: str
+    groups: tuple[str, ...] = ()  # access groups for searches (none: public chunks only)
 
     def covers(self, namespace: str) -> bool:
         """Whether the token's scope includes ``namespace``."""
@@ -124,6 +135,7 @@ def create_token(
     expires_in: float | None = None,
     by: Principal = OPERATOR,
     note: str = "",
+    groups: Sequence[str] = (),
 ) -> tuple[str, TokenInfo]:
     """A new token (its full secret string, shown once, and its record); ``by`` must be an
     admin covering ``namespace``."""
@@ -135,6 +147,12 @@ def create_token(
     by.require(namespace if namespace != "*" else "", "admin")
     if expires_in is not None and expires_in <= 0:
         raise InvalidInput("a token's lifetime must be positive")
+    groups = tuple(sorted(set(_check_group(g) for g in groups)))
+    if by.namespace != "*" and not set(groups) <= set(by.groups):
+        raise PermissionDenied(
+            f"{by.actor} may not grant access groups it does not hold: "
+            f"{', '.join(sorted(set(groups) - set(by.groups)))}"
+        )
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     now = time.time()
@@ -147,11 +165,13 @@ def create_token(
         expires_at=now + expires_in if expires_in is not None else None,
         revoked_at=None,
         note=note,
+        groups=groups,
     )
     with engine.begin() as conn:
         conn.execute(
             insert(t.tokens).values(
-                secret_sha256=hashlib.sha256(secret.encode()).hexdigest(), **asdict(info)
+                secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
+                **{**asdict(info), "groups": json.dumps(list(groups))},
             )
         )
         audit.append(
@@ -159,7 +179,12 @@ def create_token(
             by.actor,
             "token.create",
             f"token:{token_id}",
-            {"namespace": namespace, "role": role, "expires_at": info.expires_at},
+            {
+                "namespace": namespace,
+                "role": role,
+                "expires_at": info.expires_at,
+                "groups": list(groups),
+            },
         )
     return f"sy_{token_id}_{secret}", info
 
@@ -170,7 +195,7 @@ def list_tokens(engine: Engine, by: Principal = OPERATOR) -> list[TokenInfo]:
         rows = conn.execute(select(t.tokens).order_by(t.tokens.c.created_at)).mappings().all()
     out = []
     for r in rows:
-        info = TokenInfo(**{k: r[k] for k in TokenInfo.__dataclass_fields__})
+        info = TokenInfo.from_row(r)
         scope = "" if info.namespace == "*" else info.namespace
         if (info.namespace != "*" or by.namespace == "*") and by.can(scope, "admin"):
             out.append(info)
@@ -191,10 +216,8 @@ def revoke_token(engine: Engine, token_id: str, by: Principal = OPERATOR) -> Tok
         if row["revoked_at"] is None:
             conn.execute(update(t.tokens).where(t.tokens.c.id == token_id).values(revoked_at=now))
             audit.append(conn, by.actor, "token.revoke", f"token:{token_id}", {})
-        info = dict(row)
-        info.pop("secret_sha256")
-        info["revoked_at"] = info["revoked_at"] or now
-    return TokenInfo(**info)
+        info = TokenInfo.from_row(row)
+    return replace(info, revoked_at=info.revoked_at or now)
 
 
 def authenticate(engine: Engine, token: str | None) -> Principal:
@@ -216,4 +239,14 @@ def authenticate(engine: Engine, token: str | None) -> Principal:
         raise Unauthenticated(f"API token {token_id} was revoked")
     if row["expires_at"] is not None and row["expires_at"] <= time.time():
         raise Unauthenticated(f"API token {token_id} has expired")
-    return Principal(f"token:{token_id}", row["namespace"], row["role"])
+    groups = tuple(json.loads(row["groups"] or "[]"))
+    return Principal(f"token:{token_id}", row["namespace"], row["role"], groups)
+
+
+def _check_group(group: str) -> str:
+    """The group names chunks carry (pipelines.vectors.check_group); ``*`` is every
+    principal's already."""
+    group = group.strip()
+    if group == "*" or not re.fullmatch(r"[A-Za-z0-9_.:@/+=-]{1,128}", group):
+        raise InvalidInput(f"access group {group!r}: 1-128 of letters, digits and _.:@/+=-")
+    return group

@@ -4,6 +4,7 @@ escape the access check; errors."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,69 @@ def test_missing_tables_versions_and_references(tmp_path: Path) -> None:
     reg_args = {"registry": str(tmp_path / "r.db"), "blobs": str(tmp_path / "b")}
     with pytest.raises(NotFound, match="no artifact"):
         open_index("team/none@production", **reg_args)  # type: ignore[arg-type]
+
+
+def test_search_through_the_server_uses_the_tokens_groups(tmp_path: Path) -> None:
+    """A registered index searched through ``shardyard serve``: the access groups are the
+    ones recorded on the token (the client cannot name others), exact top-k of what they may
+    read, every search audited; the CLI goes through the server with --registry http://."""
+    pytest.importorskip("fastapi")
+    import os
+    import subprocess
+    import sys
+
+    from datastore.errors import PermissionDenied
+    from registry import Registry, audit, tokens
+    from registry.remote import RemoteRegistry
+    from tests.registry.conftest import serving
+
+    table, vecs, groups = _table(tmp_path / "db", 400, seed=3)
+    reg = Registry(str(tmp_path / "r.db"), str(tmp_path / "b"))
+    uri = str(tmp_path / "db" / "chunks.lance")
+    reg.register("team/idx", kind="vector-index", dataset=(uri, int(table.version)))
+    reg.register("team/data", kind="dataset", dataset=("file:///x", 1))
+    with serving(reg) as srv:
+        eng, _ = tokens.create_token(reg.engine, "team", "reader", groups=["eng"])
+        nobody = srv["tokens"]["reader"]  # no groups: public chunks only
+        q = vecs[5] + 0.1
+        for secret, principal in ((eng, ["eng"]), (nobody, [])):
+            hits = RemoteRegistry(srv["url"], secret).search("team/idx:1", q.tolist(), 10)
+            allowed = _allowed(groups, principal)
+            sims = vecs @ (q / np.linalg.norm(q))
+            sims[~allowed] = -np.inf
+            want = [f"d{i}#0" for i in np.argsort(-sims, kind="stable")[:10]]
+            assert [h["chunk_id"] for h in hits] == want[: int(allowed.sum())]
+            assert all({EVERYONE, *principal} & set(h["access_groups"]) for h in hits)
+        with pytest.raises(PermissionDenied):
+            RemoteRegistry(srv["url"], srv["tokens"]["other"]).search("team/idx:1", q.tolist())
+        with pytest.raises(InvalidInput, match="team/data:1 is a dataset: this server searches"):
+            RemoteRegistry(srv["url"], eng).search("team/data:1", q.tolist())
+        with pytest.raises(InvalidInput, match="filter"):
+            RemoteRegistry(srv["url"], eng).search("team/idx:1", q.tolist(), where="1=1) OR (1=1")
+        with pytest.raises(PermissionDenied, match="does not hold: legal"):
+            admin = tokens.Principal("token:x", "team", "admin", ("eng",))
+            tokens.create_token(reg.engine, "team", "reader", by=admin, groups=["legal"])
+        searches = audit.records(reg.engine, action="search")
+        assert len(searches) == 2 and searches[0].target == "team/idx:1"
+        assert searches[0].detail["groups"] == ["eng"] and searches[1].detail["groups"] == []
+
+        env = {**os.environ, "SHARDYARD_TOKEN": eng}
+        cli = [sys.executable, "-m", "shardyard", "index", "search", "team/idx:1"]
+        out = subprocess.run(
+            [*cli, "zebra", "--mode", "text", "--registry", srv["url"], "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        found = json.loads(out.stdout)
+        assert found and all("zebra" in h["text"] for h in found)
+        assert all({EVERYONE, "eng"} & set(h["access_groups"]) for h in found)
+        bad = subprocess.run(
+            [*cli, "zebra", "--registry", srv["url"], "--groups", "legal"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert bad.returncode != 0 and "--groups: not through a registry server" in bad.stderr
+        assert "Traceback" not in bad.stderr
