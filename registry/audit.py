@@ -153,6 +153,16 @@ def _record(r: Any) -> Record:
     )
 
 
+def exists(engine: Engine, actor: str, action: str, target: str) -> bool:
+    """Whether ``actor`` did ``action`` on ``target`` (e.g. uploaded a blob) at any time."""
+    a = t.audit.c
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(a.seq).where(a.target == target, a.actor == actor, a.action == action).limit(1)
+        ).first()
+    return found is not None
+
+
 def head(engine: Engine) -> tuple[int, str]:
     """(newest sequence number, its hash): what to export to keep the tail honest."""
     with engine.connect() as conn:

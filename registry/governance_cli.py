@@ -217,16 +217,20 @@ def serve_command(
     blobs: str | None = typer.Option(None, "--blobs", help="Blob store: directory or s3:// URI."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8765, "--port", help="Port to listen on."),
+    workers: int = typer.Option(
+        1, "--workers", "-w", help="Server processes sharing the port (one per core)."
+    ),
 ) -> None:
     """Serve the registry over HTTP: every request needs an API token (shardyard token
-    create); the OpenAPI description is at /openapi.json."""
+    create); the OpenAPI description is at /openapi.json. Several servers (hosts) behind one
+    address share signed URLs when SHARDYARD_SIGNING_KEY (hex) is the same on each."""
     from datastore.cli import storage_config
     from registry.server import serve
 
     typer.echo(
         f"shardyard registry server on http://{host}:{port} (OpenAPI: /openapi.json)", err=True
     )
-    serve(db, blobs, host, port, config=storage_config(ctx))
+    serve(db, blobs, host, port, config=storage_config(ctx), workers=workers)
 
 
 location_app = typer.Typer(help="Storage locations: region and encryption.", no_args_is_help=True)

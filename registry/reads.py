@@ -87,6 +87,32 @@ class Reader:
         finally:
             raw.close()
 
+    def token(self, token_id: str) -> dict[str, Any] | None:
+        """Token ``token_id``'s row (what authentication needs), or None: every request to the
+        server reads it, so it is one statement on a raw connection, outside a transaction."""
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            try:
+                cur.execute(
+                    self._sql(
+                        "SELECT secret_sha256, namespace, role, expires_at, revoked_at, groups "
+                        "FROM tokens WHERE id = ?"
+                    ),
+                    (token_id,),
+                )
+                row = cur.fetchone()
+            finally:
+                cur.close()
+            if self.postgres:
+                raw.rollback()
+        finally:
+            raw.close()
+        if row is None:
+            return None
+        keys = ("secret_sha256", "namespace", "role", "expires_at", "revoked_at", "groups")
+        return dict(zip(keys, row, strict=True))
+
     def find(self, cur: Any, ref: Ref) -> tuple[Any, ...] | None:
         """The row of the version ``ref`` names (see :meth:`load`), or None."""
         if ref.alias is not None:

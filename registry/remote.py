@@ -70,6 +70,12 @@ class RemoteRegistry:
             raise Unreachable(f"registry server {self.url} does not answer: {err}") from None
         return _result(resp, f"{method} {path}")
 
+    def __enter__(self) -> RemoteRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._http.close()
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -154,19 +154,18 @@ def create_app(
 ) -> FastAPI:
     """The app serving ``registry``; signed blob URLs live ``url_ttl`` seconds; ``storage``:
     the StorageConfig searches open indexes with (S3 tables)."""
-    key = signing_key or secrets.token_bytes(32)
+    shared = os.environ.get("SHARDYARD_SIGNING_KEY")  # several workers or hosts: one key
+    key = signing_key or (bytes.fromhex(shared) if shared else secrets.token_bytes(32))
     app = FastAPI(
         title="Shardyard registry",
         version="1",
         description="Versioned datasets, checkpoints, models and indexes with lineage.",
     )
 
-    # (principal, sha256) -> when it proved it holds the bytes (uploaded them through a URL it
-    # was issued): only then, or when it may read a version holding the blob, may it register
-    # a version holding it. A bare hash is not enough (it would let a writer attach, and then
-    # download, another namespace's files).
-    proofs: dict[tuple[str, str], float] = {}
-    proofs_lock = threading.Lock()
+    # A principal may register a version holding a blob only if it proved it holds the bytes
+    # (uploaded them through a URL issued to it: the audit trail's "upload" record, which every
+    # worker process sees) or may read a version holding the blob. A bare hash is not enough
+    # (it would let a writer attach, and then download, another namespace's files).
 
     def sign(method: str, sha: str, size: int, exp: int, actor: str) -> str:
         msg = f"{method}\n{sha}\n{size}\n{exp}\n{actor}".encode()
@@ -185,9 +184,8 @@ def create_app(
             raise PermissionDenied("the blob URL has expired: ask for a new one")
 
     def may_use_blob(who: tokens.Principal, sha: str) -> bool:
-        with proofs_lock:
-            if (who.actor, sha) in proofs:
-                return True
+        if audit.exists(registry.engine, who.actor, "upload", f"blob:{sha}"):
+            return True
         return any(readable(who, v) for v in registry.find(sha256=sha, limit=50))
 
     @app.exception_handler(ShardyardError)
@@ -195,23 +193,10 @@ def create_app(
         status = next((code for kind, code in _STATUS if isinstance(err, kind)), 500)
         return JSONResponse({"error": type(err).__name__, "message": str(err)}, status)
 
-    @app.middleware("http")
-    async def _limit(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        blob = request.url.path.startswith("/v1/blobs/")
-        limit = max_upload if blob else MAX_JSON
-        if length is None and not blob and request.method in ("POST", "PUT", "PATCH"):
-            # a chunked JSON body would be read whole before any check: refuse it
-            return JSONResponse(
-                {"error": "LengthRequired", "message": "send a Content-Length"}, 411
-            )
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return JSONResponse(
-                {"error": "TooLarge", "message": f"request body over {limit:,} bytes"}, 413
-            )
-        return await call_next(request)
+    app.add_middleware(_BodyLimit, max_upload=max_upload)
 
-    def principal(request: Request) -> tokens.Principal:
+    async def principal(request: Request) -> tokens.Principal:
+        # on the event loop: one indexed lookup costs less than a hop to the thread pool
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         token = value.strip() if scheme.lower() == "bearer" else None
@@ -248,12 +233,12 @@ def create_app(
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
-        return {"ok": True, "registry": registry.id}
+        return {"ok": True, "registry": registry.id, "worker": os.getpid()}
 
-    @app.get("/v1/versions/{ref:path}")
-    def resolve(ref: str, who: tokens.Principal = Auth) -> dict[str, Any]:
+    @app.get("/v1/versions/{ref:path}", response_model=None)
+    def resolve(ref: str, who: tokens.Principal = Auth) -> Response:
         guard(who, ref, "reader")
-        return registry.resolve(ref).to_dict()
+        return _json(registry.resolve(ref).to_dict())
 
     @app.post("/v1/resolve")
     def resolve_many(body: ResolveIn, who: tokens.Principal = Auth) -> list[dict[str, Any]]:
@@ -265,14 +250,14 @@ def create_app(
             guard(who, str(v.ref), "reader")
         return [v.to_dict() for v in found]
 
-    @app.get("/v1/versions")
+    @app.get("/v1/versions", response_model=None)
     def versions(
         name: str = Query(max_length=700),
         limit: int | None = Query(default=None, ge=0, le=100_000),
         who: tokens.Principal = Auth,
-    ) -> list[dict[str, Any]]:
+    ) -> Response:
         who.require(ns(name), "reader")
-        return [v.to_dict() for v in registry.versions(name, limit) if readable(who, v)]
+        return _json([v.to_dict() for v in registry.versions(name, limit) if readable(who, v)])
 
     @app.get("/v1/artifacts")
     def artifacts(
@@ -323,14 +308,14 @@ def create_app(
             e["child"] = "(hidden)" if e["child"] in hidden else e["child"]
         return doc
 
-    @app.get("/v1/deployable")
+    @app.get("/v1/deployable", response_model=None)
     def deployable(
         name: str = Query(max_length=700),
         alias: str | None = Query(default=None, max_length=64),
         metric: list[str] = Query(default=[]),
         upstream_tag: list[str] = Query(default=[]),
         who: tokens.Principal = Auth,
-    ) -> list[dict[str, Any]]:
+    ) -> Response:
         who.require(ns(name), "reader")
         policy = Policy(
             alias=alias,
@@ -338,9 +323,9 @@ def create_app(
             upstream_tags=parse_pairs(upstream_tag, "upstream tag"),
         )
         rows = registry.deployable(name, policy)
-        return [
-            {**r, "version": r["version"].to_dict()} for r in rows if readable(who, r["version"])
-        ]
+        return _json(
+            [{**r, "version": r["version"].to_dict()} for r in rows if readable(who, r["version"])]
+        )
 
     @app.post("/v1/uploads")
     def uploads(body: UploadIn, request: Request, who: tokens.Principal = Auth) -> dict[str, Any]:
@@ -401,8 +386,6 @@ def create_app(
             if dest is not None:
                 staged = Staged("upload", sha, size, dest, owned=True)
                 stored = await run_in_threadpool(registry.blobs.put_staged, staged)
-            with proofs_lock:
-                proofs[(a, sha)] = time.time()
             await run_in_threadpool(
                 registry.acting_as(a).record, "upload", f"blob:{sha}", {"size": size}
             )
@@ -656,13 +639,81 @@ def serve(
     host: str,
     port: int,
     config: Any = None,
+    workers: int = 1,
 ) -> None:
-    """Run the server until interrupted (uvicorn, one process)."""
+    """Run the server until interrupted: uvicorn with ``workers`` processes sharing the port
+    (and one URL-signing key)."""
+    import dataclasses
+
     import uvicorn
 
-    registry = Registry(db, blobs, config=config, actor="server")
-    app = create_app(registry, storage=config)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if workers < 1:
+        raise InvalidInput(f"--workers {workers}: at least 1")
+    if workers == 1:
+        registry = Registry(db, blobs, config=config, actor="server")
+        uvicorn.run(create_app(registry, storage=config), host=host, port=port, log_level="warning")
+        return
+    Registry(db, blobs, config=config, actor="server").close()  # migrate once, fail early
+    os.environ.setdefault("SHARDYARD_SIGNING_KEY", secrets.token_bytes(32).hex())
+    os.environ["_SHARDYARD_SERVE"] = json.dumps(
+        {
+            "db": db,
+            "blobs": blobs,
+            "storage": dataclasses.asdict(config) if config is not None else None,
+        }
+    )
+    uvicorn.run(
+        "registry.server:_worker_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+    )
+
+
+def _worker_app() -> FastAPI:
+    """The app in one of :func:`serve`'s worker processes (settings from the parent)."""
+    from datastore import StorageConfig
+
+    doc = json.loads(os.environ["_SHARDYARD_SERVE"])
+    config = StorageConfig(**doc["storage"]) if doc["storage"] is not None else None
+    registry = Registry(doc["db"], doc["blobs"], config=config, actor="server")
+    return create_app(registry, storage=config)
+
+
+def _json(doc: Any) -> Response:
+    """``doc`` as a JSON response, serialised once (the hot reads skip FastAPI's response
+    validation and encoder: their documents are plain JSON types already)."""
+    return Response(json.dumps(doc, separators=(",", ":")), media_type="application/json")
+
+
+class _BodyLimit:
+    """Refuses bodies over the limit (JSON: MAX_JSON; blob uploads: ``max_upload``) before
+    they are read, and chunked JSON bodies (they would be read whole before any check). Plain
+    ASGI: no per-request task or stream wrapping."""
+
+    def __init__(self, app: Any, max_upload: int) -> None:
+        self.app = app
+        self.max_upload = max_upload
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            blob = scope["path"].startswith("/v1/blobs/")
+            limit = self.max_upload if blob else MAX_JSON
+            length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+            refusal = None
+            writes = scope["method"] in ("POST", "PUT", "PATCH")
+            if length is None and not blob and writes:
+                refusal = (411, "LengthRequired", "send a Content-Length")
+            elif length is not None and (not length.isdigit() or int(length) > limit):
+                refusal = (413, "TooLarge", f"request body over {limit:,} bytes")
+            if refusal is not None:
+                status, kind, message = refusal
+                response = JSONResponse({"error": kind, "message": message}, status)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _chain(first: memoryview, rest: Iterator[memoryview]) -> Iterator[bytes]:

@@ -230,8 +230,9 @@ def authenticate(engine: Engine, token: str | None) -> Principal:
     if m is None:
         raise Unauthenticated("malformed API token (expected sy_<id>_<secret>)")
     token_id, secret = m.groups()
-    with engine.connect() as conn:
-        row = conn.execute(select(t.tokens).where(t.tokens.c.id == token_id)).mappings().first()
+    from registry.reads import Reader
+
+    row = Reader(engine).token(token_id)
     digest = hashlib.sha256(secret.encode()).hexdigest()
     if row is None or not hmac.compare_digest(digest, row["secret_sha256"]):
         raise Unauthenticated("unknown API token")

@@ -309,3 +309,47 @@ def test_residency_of_derived_data_is_checked_before_upload(
             w.register("team/model", [src], kind="model", parents=["team/eu/scans:1"])
         assert not list(reg.blobs.list()), "refused before any upload URL was issued"
         assert w.register("team/model", [src], kind="model").number == 1
+
+
+def test_several_worker_processes_share_signed_urls_and_upload_proofs(
+    registry_db: str, tmp_path: Path
+) -> None:
+    """``shardyard serve --workers 2``: a blob URL signed by one worker is honoured by the
+    other, and an upload proven to one counts when the other registers the version."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.registry.conftest import _free_port
+
+    blobs = str(tmp_path / "blobs")
+    secret, _ = tokens.create_token(Registry(registry_db, blobs).engine, "team", "writer")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "SHARDYARD_REGISTRY": registry_db, "SHARDYARD_REGISTRY_BLOBS": blobs}
+    env.pop("SHARDYARD_SIGNING_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardyard", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        workers: set[int] = set()
+        while len(workers) < 2 and time.monotonic() < deadline:
+            try:  # a fresh connection each time: the kernel spreads them over the workers
+                workers.add(httpx.get(f"{url}/v1/health", timeout=2).json()["worker"])
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert len(workers) == 2, "two worker processes answer"
+        for i in range(8):
+            src = write_files(tmp_path / f"m{i}", **{"w.bin": f"weights {i}" * 500})
+            with RemoteRegistry(url, secret) as w:
+                v = w.register("team/model", [src], kind="model")
+            with RemoteRegistry(url, secret) as r:
+                out = r.download(str(v.ref), tmp_path / f"out{i}")
+            assert (out / "w.bin").read_text() == f"weights {i}" * 500
+    finally:
+        proc.terminate()
+        proc.wait(30)
