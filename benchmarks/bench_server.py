@@ -3,9 +3,11 @@ same reads, with 32 concurrent clients on loopback, side by side in one run.
 
 Both hold one model with ``--versions`` versions (ours: ``bench/model``; MLflow: registered
 model ``bench-model``) and the alias ``production`` on the middle one. Each server is one
-process on this machine (ours: uvicorn; MLflow: ``mlflow server --workers 1``, SQLite backend)
-and is measured alone: ``--clients`` threads, each with its own keep-alive connection, send
-requests for ``--seconds`` seconds per operation; latency is per request as the client sees
+process, or ``--workers`` of them (ours: uvicorn; MLflow: ``mlflow server``, SQLite backend),
+and is measured alone: ``--clients`` keep-alive connections (``--client raw``: one asyncio
+process speaking minimal HTTP/1.1, so the servers are what is measured; ``httpx``: threads with
+httpx clients, ~1 ms of client CPU per request) send requests for ``--seconds`` seconds per
+operation; latency is per request as the client sees
 it (p50 / p99), throughput is requests per second over all clients. Operations:
 
 * resolve by alias: ours ``GET /v1/versions/bench/model@production`` (the whole version:
@@ -18,7 +20,8 @@ it (p50 / p99), throughput is requests per second over all clients. Operations:
 Our server checks an API token on every request (MLflow's runs without authentication). The
 clients and the server share this machine's cores, alike for both.
 
-Run: ``.venv/bin/python benchmarks/bench_server.py [--versions 1000] [--clients 32]``
+Run: ``.venv/bin/python benchmarks/bench_server.py [--versions 1000] [--clients 32]
+[--workers 1] [--out benchmarks/results/server.md]``
 (needs the MLflow venv: ``make benchmarks/.mlflow/.done``)
 """
 
@@ -82,8 +85,94 @@ def wait_up(url: str, timeout: float = 120) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-def load(url: str, headers: dict[str, str], clients: int, seconds: float) -> dict[str, Any]:
-    """``clients`` threads GETting ``url`` for ``seconds``: latencies and throughput."""
+def load(
+    url: str, headers: dict[str, str], clients: int, seconds: float, client: str = "raw"
+) -> dict[str, Any]:
+    """``clients`` connections GETting ``url`` for ``seconds``: latencies and throughput.
+    ``raw``: one asyncio process speaking minimal HTTP/1.1 keep-alive (tens of microseconds
+    per request, so the servers, not the client, are what is measured); ``httpx``: threads
+    with httpx clients (what a Python user runs; ~1 ms of client CPU per request)."""
+    if client == "raw":
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            return pool.submit(_raw_load, url, headers, clients, seconds).result()
+    return _httpx_load(url, headers, clients, seconds)
+
+
+def _raw_load(url: str, headers: dict[str, str], clients: int, seconds: float) -> dict[str, Any]:
+    import asyncio
+    from urllib.parse import urlsplit
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode()
+    lat: list[float] = []
+    errors = [0]
+
+    async def fetch(reader: Any, writer: Any) -> int:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        if "content-length" in fields:
+            await reader.readexactly(int(fields["content-length"]))
+        elif fields.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        return status
+
+    async def one(stop: list[float], ready: asyncio.Event, count: list[int]) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        await fetch(reader, writer)  # connect and warm up
+        count[0] += 1
+        if count[0] == clients:
+            ready.set()
+        await ready.wait()
+        while time.perf_counter() < stop[0]:
+            t = time.perf_counter()
+            status = await fetch(reader, writer)
+            lat.append(time.perf_counter() - t)
+            if status != 200:
+                errors[0] += 1
+        writer.close()
+
+    async def main() -> float:
+        stop = [float("inf")]
+        ready = asyncio.Event()
+        count = [0]
+        tasks = [asyncio.create_task(one(stop, ready, count)) for _ in range(clients)]
+        await ready.wait()
+        began = time.perf_counter()
+        stop[0] = began + seconds
+        await asyncio.gather(*tasks)
+        return time.perf_counter() - began
+
+    wall = asyncio.run(main())
+    every = sorted(lat)
+    return {
+        "requests": len(every),
+        "errors": errors[0],
+        "p50_ms": every[len(every) // 2] * 1e3,
+        "p99_ms": every[min(len(every) - 1, int(len(every) * 0.99))] * 1e3,
+        "rps": len(every) / wall,
+    }
+
+
+def _httpx_load(url: str, headers: dict[str, str], clients: int, seconds: float) -> dict[str, Any]:
     import httpx
 
     lat: list[list[float]] = [[] for _ in range(clients)]
@@ -127,6 +216,8 @@ def main() -> int:
     ap.add_argument("--versions", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--workers", type=int, default=1, help="server processes, each side")
+    ap.add_argument("--client", choices=["raw", "httpx"], default="raw")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     if not (MLFLOW / "mlflow").exists():
@@ -184,6 +275,8 @@ def run(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen[bytes
                 str(work / "blobs"),
                 "--port",
                 str(ours_port),
+                "--workers",
+                str(args.workers),
             ],
             stderr=subprocess.DEVNULL,
         )
@@ -200,7 +293,7 @@ def run(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen[bytes
                 "--port",
                 str(ml_port),
                 "--workers",
-                "1",
+                str(args.workers),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -233,11 +326,11 @@ def run(args: argparse.Namespace, work: Path, procs: list[subprocess.Popen[bytes
     rows = []
     for label, our_url, ml_url in cases:
         log(f"{label}: ours")
-        mine = load(our_url, auth, args.clients, args.seconds)
+        mine = load(our_url, auth, args.clients, args.seconds, args.client)
         theirs = None
         if ml_url is not None:
             log(f"{label}: mlflow")
-            theirs = load(ml_url, {}, args.clients, args.seconds)
+            theirs = load(ml_url, {}, args.clients, args.seconds, args.client)
         rows.append((label, mine, theirs))
     write(args, rows)
     return 0
@@ -250,8 +343,16 @@ def write(args: argparse.Namespace, rows: list[tuple[str, Any, Any]]) -> None:
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} "
         f"cores), Python {platform.python_version()}. Command: `.venv/bin/python "
         f"benchmarks/bench_server.py --versions {args.versions} --clients {args.clients} "
-        f"--seconds {args.seconds:g}`. One server process each (ours uvicorn, MLflow "
-        "`mlflow server --workers 1`, SQLite); clients and server share the machine.",
+        f"--seconds {args.seconds:g} --workers {args.workers} --client {args.client}`. "
+        f"{args.workers} server process(es) each (ours `shardyard serve --workers "
+        f"{args.workers}`, uvicorn with httptools and uvloop; MLflow `mlflow server --workers "
+        f"{args.workers}`, SQLite). Client: "
+        + (
+            f"{args.clients} keep-alive connections from one asyncio process (minimal HTTP/1.1)"
+            if args.client == "raw"
+            else f"{args.clients} threads with httpx clients in one process"
+        )
+        + "; clients and servers share the machine's cores.",
         "",
         "| operation | ours p50 ms | ours p99 ms | ours req/s | MLflow p50 ms | MLflow p99 ms | "
         "MLflow req/s | req/s ours/MLflow | p50 MLflow/ours | errors ours / MLflow |",
