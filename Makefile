@@ -57,7 +57,7 @@ demo: $(VENV)/.core $(VENV)/.torch $(VENV)/.rag
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry deployable demo/checkpoint --metric 'eval/loss<=3.0' --upstream-tag license=approved --all
 	$(PY) examples/rag_docs.py $(DEMO_DIR)/clean $(DEMO_DIR)/rag-docs
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry register demo/rag-docs --kind dataset --dataset $(DEMO_DIR)/rag-docs --parent demo/corpus:latest
-	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard embed $(DEMO_DIR)/rag-docs -o $(DEMO_DIR)/rag --precision bfloat16 --chunk-by chars --chunk-size 600 --overlap 80 --public-by-default --register demo/docs-index
+	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard embed $(DEMO_DIR)/rag-docs -o $(DEMO_DIR)/indexes/demo --precision bfloat16 --chunk-by chars --chunk-size 600 --overlap 80 --public-by-default --register demo/docs-index
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard registry alias set demo/docs-index:latest production
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard index show demo/docs-index@production
 	SHARDYARD_HOME=$(DEMO_DIR)/home $(BIN)/shardyard index search demo/docs-index@production "license terms for redistribution" -k 3 --groups legal

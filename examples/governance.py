@@ -37,7 +37,10 @@ def main() -> None:
     loc = set_location(reg.engine, reg.blob_location, "eu-west-1", "aes-gcm", "demo-k1")
     print(f"location {loc.prefix}: {loc.region}, {loc.encryption} with key {loc.kms_key_id}")
     exe = Path(sys.executable).parent / "shardyard"
-    server = subprocess.Popen([str(exe), "serve", "--port", str(port), "--workers", "2"])
+    roots = Path(reg.blob_location).parent.parent / "indexes"  # the demo's indexes, by namespace
+    server = subprocess.Popen(
+        [str(exe), "serve", "--port", str(port), "--workers", "2", "--search-root", str(roots)]
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         writer, _ = tokens.create_token(reg.engine, "demo", "writer", note="ci pipeline")

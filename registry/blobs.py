@@ -16,22 +16,22 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from datastore import StorageConfig, open_store
 from datastore.errors import Corrupt, InvalidInput, NotFound
 from datastore.store import ObjectInfo
-from registry.envelope import Sealer
+from registry.envelope import MAGIC, LocalKeyFile, Sealer, sealed_size
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from datastore._local import LocalStore
 
-__all__ = ["BlobStore", "Staged", "sha256_file"]
+__all__ = ["BlobStore", "BlobWriter", "Staged", "sha256_file"]
 
 _CHUNK = 8 << 20
 
@@ -77,6 +77,7 @@ class BlobStore:
         self.uri = uri
         self.store = open_store(uri, config)
         self.sealer = sealer
+        self._reader: Sealer | None = None
 
     def stored_size(self, size: int) -> int:
         """How many bytes a ``size``-byte blob takes in this store (more when sealed)."""
@@ -109,13 +110,26 @@ class BlobStore:
         return f"{self.PREFIX}{sha256[:2]}/{sha256}"
 
     def has(self, sha256: str, size: int) -> bool:
-        """Whether the blob is stored whole (its size matches)."""
+        """Whether the blob is stored whole, in the form this store writes: a sealing store
+        stores a plain blob left from before its location was encrypted again, sealed; a
+        plain store counts a sealed blob as present (another process sealed it) and never
+        overwrites it with plaintext."""
+        stored = self._stored(sha256)
+        if self.sealer is not None:
+            return stored == self.sealer.sealed_size(size)
+        return stored in (size, sealed_size(size))
+
+    def _stored(self, sha256: str) -> int | None:
         try:
-            # a plaintext blob left from before a location was encrypted does not count: it
-            # is stored again, sealed
-            return self.store.head(self.key(sha256)).size == self.stored_size(size)
+            return self.store.head(self.key(sha256)).size
         except NotFound:
-            return False
+            return None
+
+    def present(self, sha256: str, size: int) -> bool:
+        """Whether the blob is stored whole in either form (plain or sealed): readable."""
+        stored = self._stored(sha256)
+        sealed = self.sealer.sealed_size(size) if self.sealer is not None else sealed_size(size)
+        return stored in (size, sealed)
 
     def put_file(self, path: Path, sha256: str | None = None) -> tuple[str, int, bool]:
         """Store the file at ``path``; (sha256, size, uploaded: False when already stored).
@@ -147,6 +161,17 @@ class BlobStore:
             writer.abort()
             raise
         return sha256, size, True
+
+    def writer(self, sha256: str) -> BlobWriter:
+        """A writer for blob ``sha256``'s bytes, streamed (and sealed, when the store seals)
+        into the store; nothing is visible until :meth:`BlobWriter.commit`. The caller checks
+        the bytes against the sha256 before committing (a server receiving an upload)."""
+        raw = self.store.open_writer(self.key(sha256), content_type="application/octet-stream")
+        try:
+            return BlobWriter(raw, self._sealing(sha256, raw.write))
+        except BaseException:
+            raw.abort()
+            raise
 
     def _sealing(self, sha256: str, sink: Callable[[bytes], None]) -> _Sink:
         """Where to write a blob's plaintext: through the sealer, or straight to ``sink``."""
@@ -194,7 +219,7 @@ class BlobStore:
         if staged.produce is not None:
             return self._put_produced(staged, staged.produce)
         if staged.source is None:
-            if not self.has(staged.sha256, staged.size):
+            if not self.present(staged.sha256, staged.size):
                 raise NotFound(
                     f"blob {staged.sha256} ({staged.path}) is not in {self.uri}: upload it "
                     "first (or save again if it was deleted meanwhile)"
@@ -231,7 +256,6 @@ class BlobStore:
             self.key(staged.sha256), content_type="application/octet-stream"
         )
         size = 0
-        out = self._sealing(staged.sha256, writer.write)
 
         def write(view: memoryview) -> None:
             nonlocal size
@@ -239,6 +263,7 @@ class BlobStore:
             out.write(view)
 
         try:
+            out = self._sealing(staged.sha256, writer.write)
             produce(write)
             out.close()
             if size != staged.size:
@@ -303,9 +328,13 @@ class BlobStore:
         callers that keep them check it)."""
         if self.sealer is None:
             try:
-                return self.store.read_buffer(self.key(sha256), size)
+                buf = self.store.read_buffer(self.key(sha256), size)
             except NotFound:
                 raise self._missing(sha256) from None
+            if not _may_be_sealed(buf[: len(MAGIC)].to_pybytes()):
+                return buf
+            if self._stored(sha256) == size:  # a plain file that starts like a sealed one
+                return buf
         out = bytearray(size)
         at = 0
         for piece in self.pieces(sha256, size):
@@ -321,10 +350,19 @@ class BlobStore:
 
     def pieces(self, sha256: str, size: int) -> Iterator[memoryview]:
         """The blob's bytes in order, in bounded memory (opened and authenticated chunk by
-        chunk when sealed); not checked against the sha256."""
+        chunk when sealed, whether or not this store seals: a blob sealed by a process that
+        knew the location was encrypted opens here with the key file); not checked against
+        the sha256."""
         if self.sealer is None:
-            yield from self._pieces(sha256, size)
-            return
+            plain = self._pieces(sha256, size)
+            first = next(plain, None)
+            if first is None:
+                return
+            if not _may_be_sealed(bytes(first[: len(MAGIC)])) or self._stored(sha256) == size:
+                yield first
+                yield from plain
+                return
+            plain.close()
         key = self.key(sha256)
         try:
             stored = self.store.head(key).size
@@ -340,9 +378,18 @@ class BlobStore:
                 raise Corrupt(f"{where} is {stored} bytes: cut short or not this blob")
             return bytes(self.store.get_range(key, offset, length))
 
-        yield from self.sealer.open_stream(sha256, size, read, where, stored)
+        yield from self._opener().open_stream(sha256, size, read, where, stored)
 
-    def _pieces(self, sha256: str, size: int) -> Iterator[memoryview]:
+    def _opener(self) -> Sealer:
+        """The sealer that opens this store's sealed blobs (without a sealer of its own: one
+        over the default key file that only opens)."""
+        if self.sealer is not None:
+            return self.sealer
+        if self._reader is None:
+            self._reader = Sealer(LocalKeyFile(), None)
+        return self._reader
+
+    def _pieces(self, sha256: str, size: int) -> Generator[memoryview, None, None]:
         """The blob's bytes: one parallel read when small, windows of ranged reads else."""
         key = self.key(sha256)
         try:
@@ -363,6 +410,32 @@ class BlobStore:
     def list(self) -> Iterator[ObjectInfo]:
         """Every stored blob (key, size, mtime)."""
         yield from self.store.list(self.PREFIX)
+
+
+class BlobWriter:
+    """:meth:`BlobStore.writer`'s result: write, then commit or abort."""
+
+    def __init__(self, raw: Any, out: _Sink) -> None:
+        self._raw = raw
+        self._out = out
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._out.write(data)
+
+    def commit(self) -> None:
+        """Publish the blob (the last sealed chunk first)."""
+        self._out.close()
+        self._raw.commit()
+
+    def abort(self) -> None:
+        """Drop what was written; nothing becomes visible."""
+        self._raw.abort()
+
+
+def _may_be_sealed(head: bytes) -> bool:
+    """Whether a blob's first bytes (all of them, for a blob shorter than the magic) could
+    be those of a sealed blob read as if it were plain."""
+    return MAGIC.startswith(head) if len(head) < len(MAGIC) else head == MAGIC
 
 
 class _Sink(Protocol):

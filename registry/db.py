@@ -66,7 +66,14 @@ def open_engine(location: str) -> Engine:
             url = "postgresql://" + url[len("postgres://") :]
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://") :]
-        engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        # pool: the server's 40 request threads plus its event loop may each hold a connection
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=40,
+            connect_args={"connect_timeout": 10},
+        )
     else:
         raise InvalidInput(
             f"unsupported registry database {location!r}: use a path (SQLite) or a "

@@ -35,10 +35,12 @@ from datastore.errors import Corrupt, InvalidInput, NotFound
 __all__ = [
     "HEADER_SIZE",
     "KeyProvider",
+    "KeyUnavailable",
     "LocalKeyFile",
     "Sealer",
     "create_key",
     "default_key_file",
+    "sealed_size",
 ]
 
 MAGIC = b"SYENV01\n"
@@ -47,6 +49,15 @@ _WRAPPED = 12 + 32 + 16  # nonce, data key, tag
 HEADER_SIZE = len(MAGIC) + _KEY_ID_BYTES + 4 + _WRAPPED
 _TAG = 16
 DEFAULT_CHUNK = 4 << 20
+
+
+class KeyUnavailable(NotFound):
+    """The key a blob needs is not available here (no key file, or not that key)."""
+
+
+def sealed_size(size: int, chunk: int = DEFAULT_CHUNK) -> int:
+    """The stored size of a ``size``-byte blob sealed in ``chunk``-byte chunks."""
+    return HEADER_SIZE + size + _TAG * max(1, -(-size // chunk))
 
 
 def default_key_file() -> Path:
@@ -99,7 +110,7 @@ class LocalKeyFile(KeyProvider):
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            raise NotFound(
+            raise KeyUnavailable(
                 f"no key file at {self.path}: blobs here are encrypted client-side; set "
                 "SHARDYARD_KEY_FILE to the key file holding their keys (or create one with "
                 "`shardyard registry key create ID`)"
@@ -124,8 +135,11 @@ class LocalKeyFile(KeyProvider):
 
     def _key(self, key_id: str) -> bytes:
         keys = self._load()
+        if key_id not in keys:  # added since the file was read (a rotation): read it again
+            self._keys = None
+            keys = self._load()
         if key_id not in keys:
-            raise NotFound(
+            raise KeyUnavailable(
                 f"key {key_id!r} is not in key file {self.path} (it holds "
                 f"{', '.join(sorted(keys)) or 'no keys'}): use the key file the data was "
                 "written with"
@@ -155,8 +169,15 @@ def create_key(path: Path, key_id: str) -> None:
     check_key_id(key_id)
     doc: dict[str, Any] = {"keys": {}}
     if path.exists():
-        doc = json.loads(path.read_text())
-        if key_id in doc.get("keys", {}):
+        try:
+            doc = json.loads(path.read_text())
+            if not isinstance(doc, dict) or not isinstance(doc.setdefault("keys", {}), dict):
+                raise ValueError
+        except ValueError:
+            raise InvalidInput(
+                f'key file {path} is not {{"keys": {{id: base64 key}}}}: fix or move it'
+            ) from None
+        if key_id in doc["keys"]:
             raise InvalidInput(
                 f"key file {path} already holds key {key_id!r}: blobs sealed with it need it; "
                 "pick a new id to rotate"
@@ -191,22 +212,24 @@ class Sealer:
     """Seals blobs with key ``key_id`` of ``keys``; opens blobs sealed with any key the
     provider holds."""
 
-    def __init__(self, keys: KeyProvider, key_id: str, chunk: int = DEFAULT_CHUNK) -> None:
+    def __init__(self, keys: KeyProvider, key_id: str | None, chunk: int = DEFAULT_CHUNK) -> None:
         if not 0 < chunk < 1 << 31:
             raise InvalidInput(f"chunk size {chunk} is out of range")
         self.keys = keys
-        self.key_id = check_key_id(key_id)
+        self.key_id = check_key_id(key_id) if key_id is not None else None  # None: open only
         self.chunk = chunk
 
     def sealed_size(self, size: int) -> int:
         """The stored size of a ``size``-byte blob."""
-        return HEADER_SIZE + size + _TAG * max(1, -(-size // self.chunk))
+        return sealed_size(size, self.chunk)
 
     # -- writing
 
     def writer(self, sha256: str, sink: Callable[[bytes], None]) -> SealWriter:
         """A writer that takes the blob's plaintext in any pieces and hands ``sink`` the sealed
         bytes, header first; :meth:`SealWriter.close` seals the last chunk."""
+        if self.key_id is None:
+            raise InvalidInput("this sealer only opens blobs: give it a key id to seal")
         data_key = secrets.token_bytes(32)
         kid = self.key_id.encode().ljust(_KEY_ID_BYTES, b"\0")
         wrapped = self.keys.wrap(self.key_id, data_key, MAGIC + kid + bytes.fromhex(sha256))

@@ -193,7 +193,7 @@ def claim_and_store(engine: Engine, blobs: BlobStore, files: Sequence[Staged], h
         claim_blobs(engine, [f.sha256 for f in files], holder)
         for f in files:
             blobs.put_staged(f)
-            if not blobs.has(f.sha256, f.size):
+            if not blobs.present(f.sha256, f.size):
                 raise InvalidInput(f"{f.path}: its blob did not land in {blobs.uri}")
     except BaseException:
         release_claims(engine, holder)

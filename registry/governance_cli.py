@@ -50,7 +50,7 @@ def _operator() -> Any:
     from registry.registry import _whoami
     from registry.tokens import Principal
 
-    return Principal(_whoami(), "*", "admin")
+    return Principal(_whoami(), "*", "admin", operator=True)
 
 
 def _when(ts: float | None) -> str:
@@ -220,6 +220,11 @@ def serve_command(
     workers: int = typer.Option(
         1, "--workers", "-w", help="Server processes sharing the port (one per core)."
     ),
+    search_root: list[str] = typer.Option(
+        [],
+        "--search-root",
+        help="Where searchable indexes live: one directory per namespace, URI/NS/ (repeatable).",
+    ),
 ) -> None:
     """Serve the registry over HTTP: every request needs an API token (shardyard token
     create); the OpenAPI description is at /openapi.json. Several servers (hosts) behind one
@@ -230,7 +235,15 @@ def serve_command(
     typer.echo(
         f"shardyard registry server on http://{host}:{port} (OpenAPI: /openapi.json)", err=True
     )
-    serve(db, blobs, host, port, config=storage_config(ctx), workers=workers)
+    serve(
+        db,
+        blobs,
+        host,
+        port,
+        config=storage_config(ctx),
+        workers=workers,
+        search_roots=search_root,
+    )
 
 
 location_app = typer.Typer(help="Storage locations: region and encryption.", no_args_is_help=True)

@@ -37,7 +37,7 @@ from registry.lineage import Direction, Lineage, ancestors, walk
 from registry.policy import Policy
 from registry.reads import Reader
 from registry.refs import KINDS, Ref, check_alias, check_name, check_namespace, parse_ref
-from registry.residency import check_residency, derived_from, location_of
+from registry.residency import Location, check_residency, derived_from, location_of
 
 __all__ = ["FileEntry", "Registry", "Version", "default_home"]
 
@@ -186,13 +186,28 @@ class Registry:
         )
         self.engine: Engine = open_engine(self.db_location)
         self._reader = Reader(self.engine)
+        self._storage = (config, keys)
+        with self.engine.connect() as conn:
+            self._location = location_of(conn, self.blob_location)
         self.blobs = BlobStore(
-            self.blob_location, *_encrypted(self.engine, self.blob_location, config, keys)
+            self.blob_location, *_encrypted(self._location, self.blob_location, config, keys)
         )
         self.actor = actor or _whoami()
         self.id = self._identity()
         shown = self.engine.url.render_as_string(hide_password=True)
         self.blobs.claim_for(self.id, shown)
+
+    def refresh_storage(self, conn: Connection) -> None:
+        """Follow a change of the blob store's declared location (encryption turned on, a new
+        key, SSE) made since this registry was opened, before storing anything: a long-running
+        server or job must not keep writing the old way."""
+        now = location_of(conn, self.blob_location)
+        if now != self._location:
+            config, keys = self._storage
+            self.blobs = BlobStore(
+                self.blob_location, *_encrypted(now, self.blob_location, config, keys)
+            )
+            self._location = now
 
     def _identity(self) -> str:
         """This registry's id (made on first open): its blob store records it."""
@@ -273,6 +288,8 @@ class Registry:
                 else []
             )
             check_residency(conn, ref.namespace, where, derived)
+            if uploads:
+                self.refresh_storage(conn)
         # Every blob claimed against GC, stored and verified before any row (registry.gc).
         holder = gcp.new_holder()
         gcp.claim_and_store(self.engine, self.blobs, uploads, holder)
@@ -788,19 +805,24 @@ class Registry:
     #: A version tagged ``restricted=true`` passes its access rule to what derives from it.
     RESTRICTED = ("restricted", "true")
 
+    def any_restricted(self) -> bool:
+        """Whether any version is tagged restricted (else no lineage needs walking)."""
+        key, value = self.RESTRICTED
+        with self._reader.cursor() as cur:
+            cur.execute(
+                self._reader._sql("SELECT 1 FROM tags WHERE key = ? AND value = ? LIMIT 1"),
+                (key, value),
+            )
+            return cur.fetchone() is not None
+
     def restrictions(self, ref: str) -> list[str]:
         """The restricted ancestors of version ``ref`` (tagged ``restricted=true``, any depth)
         whose access rule it inherits: only a principal who may read each of them may read
         it, unless an admin declassified it from that ancestor (:meth:`declassify`)."""
         key, value = self.RESTRICTED
-        with self._reader.cursor() as cur:  # the common case: nothing is restricted at all
-            cur.execute(
-                self._reader._sql("SELECT 1 FROM tags WHERE key = ? AND value = ? LIMIT 1"),
-                (key, value),
-            )
-            if cur.fetchone() is None:
-                parse_ref(ref)
-                return []
+        if not self.any_restricted():  # the common case: one indexed probe
+            parse_ref(ref)
+            return []
         with self._read() as conn:
             row = self._version_row(conn, parse_ref(ref))
             closure, nodes = ancestors(conn, [row["id"]])
@@ -996,13 +1018,12 @@ def _lock_version(conn: Connection, version_id: int) -> None:
 
 
 def _encrypted(
-    engine: Engine, uri: str, config: StorageConfig | None, keys: KeyProvider | None
+    loc: Location | None, uri: str, config: StorageConfig | None, keys: KeyProvider | None
 ) -> tuple[StorageConfig | None, Sealer | None]:
-    """The blob store's storage config and sealer, as its declared location asks: ``sse-s3``
-    / ``sse-kms`` headers on every write, or ``aes-gcm`` client-side envelope encryption with
-    the location's key from ``keys`` (the local key file by default; read on first use)."""
-    with engine.connect() as conn:
-        loc = location_of(conn, uri)
+    """The blob store's storage config and sealer, as its declared location ``loc`` asks:
+    ``sse-s3`` / ``sse-kms`` headers on every write, or ``aes-gcm`` client-side envelope
+    encryption with the location's key from ``keys`` (the local key file by default; read on
+    first use)."""
     if loc is None or loc.encryption == "none":
         return config, None
     if loc.encryption == "aes-gcm":

@@ -276,13 +276,22 @@ class RemoteRegistry:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
             h = hashlib.sha256()
             try:
-                with os.fdopen(fd, "wb") as out, httpx.stream("GET", f["url"], timeout=None) as r:
-                    if r.status_code != 200:
-                        r.read()
-                        _result(r, f"download of {f['path']}")
-                    for chunk in r.iter_bytes(8 << 20):
-                        h.update(chunk)
-                        out.write(chunk)
+                try:
+                    with (
+                        os.fdopen(fd, "wb") as out,
+                        httpx.stream("GET", f["url"], timeout=None) as r,
+                    ):
+                        if r.status_code != 200:
+                            r.read()
+                            _result(r, f"download of {f['path']}")
+                        for chunk in r.iter_bytes(8 << 20):
+                            h.update(chunk)
+                            out.write(chunk)
+                except httpx.HTTPError as err:  # e.g. the server stopped mid-body: a bad chunk
+                    raise Unreachable(
+                        f"download of {f['path']} of {ref} broke off ({type(err).__name__}: "
+                        f"{err}); nothing was written to {target}"
+                    ) from None
                 if h.hexdigest() != f["sha256"]:
                     raise Corrupt(
                         f"{f['path']} of {ref} does not match its checksum (it arrived with "

@@ -22,7 +22,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -42,6 +42,7 @@ from datastore.errors import (
 )
 from registry import audit, tokens
 from registry.blobs import Staged
+from registry.envelope import KeyUnavailable
 from registry.policy import Policy, parse_condition
 from registry.refs import parse_pairs, parse_ref
 from registry.registry import Registry
@@ -151,11 +152,16 @@ def create_app(
     max_upload: int = 64 << 30,
     signing_key: bytes | None = None,
     storage: Any = None,
+    search_roots: Sequence[str] = (),
 ) -> FastAPI:
     """The app serving ``registry``; signed blob URLs live ``url_ttl`` seconds; ``storage``:
-    the StorageConfig searches open indexes with (S3 tables)."""
-    shared = os.environ.get("SHARDYARD_SIGNING_KEY")  # several workers or hosts: one key
-    key = signing_key or (bytes.fromhex(shared) if shared else secrets.token_bytes(32))
+    the StorageConfig searches open indexes with (S3 tables). ``search_roots``: where the
+    indexes this server may search live, one directory per namespace (an index of namespace
+    ``team/nlp`` is searched only if its table is under ``<root>/team/nlp/``): the server opens
+    tables with its own credentials, so a writer must not be able to point an index at another
+    team's table."""
+    roots = [_canonical_prefix(r) for r in search_roots]
+    key = signing_key or _signing_key() or secrets.token_bytes(32)
     app = FastAPI(
         title="Shardyard registry",
         version="1",
@@ -237,9 +243,16 @@ def create_app(
 
     @app.get("/v1/versions/{ref:path}", response_model=None)
     async def resolve(ref: str, who: tokens.Principal = Auth) -> Response:
-        # on the event loop: two indexed statements, cheaper than the hop to a thread
-        guard(who, ref, "reader")
-        return _json(registry.resolve(ref).to_dict())
+        # on the event loop: two indexed statements, cheaper than the hop to a thread; a
+        # lineage walk (restricted versions exist) goes to the thread pool
+        def body() -> Response:
+            guard(who, ref, "reader")
+            return _json(registry.resolve(ref).to_dict())
+
+        who.require(ns(ref), "reader")
+        if registry.any_restricted():
+            return await run_in_threadpool(body)
+        return body()
 
     @app.post("/v1/resolve")
     def resolve_many(body: ResolveIn, who: tokens.Principal = Auth) -> list[dict[str, Any]]:
@@ -263,7 +276,8 @@ def create_app(
             found = registry.versions(name, limit)
             return _json([v.to_dict() for v in found if readable(who, v)])
 
-        if limit is not None and limit <= 100:  # small pages on the loop, long lists in a thread
+        small = limit is not None and limit <= 100
+        if small and not registry.any_restricted():  # small pages on the loop, else a thread
             return listing()
         return await run_in_threadpool(listing)
 
@@ -349,6 +363,7 @@ def create_app(
                 [("blob store", registry.blob_location)],
                 derived_from(conn, parent_ids),
             )
+            registry.refresh_storage(conn)  # uploads follow the location as it is now
         urls = {}
         for f in body.files:
             if f.size > max_upload:
@@ -370,7 +385,13 @@ def create_app(
             raise InvalidInput("a blob name is a sha256 in hex")
         check_signature("PUT", sha, size, exp, a, sig)
         known = await run_in_threadpool(registry.blobs.has, sha, size)
-        dest = None if known else registry.blobs.staging_file()
+        # a plain local store: staged next to the blobs, published by rename; otherwise
+        # (S3, or a sealed store: no plaintext on this server's disk) streamed into the store
+        local = not known and registry.blobs.is_local
+        dest = registry.blobs.staging_file() if local else None
+        out = None
+        if not known and not local:
+            out = await run_in_threadpool(registry.blobs.writer, sha)
         h = hashlib.sha256()
         got = 0
         f = await run_in_threadpool(open, dest, "wb") if dest is not None else None
@@ -382,6 +403,8 @@ def create_app(
                 h.update(chunk)
                 if f is not None:
                     await run_in_threadpool(f.write, chunk)
+                elif out is not None:
+                    await run_in_threadpool(out.write, chunk)
             if f is not None:
                 await run_in_threadpool(_close_synced, f)
                 f = None
@@ -391,6 +414,9 @@ def create_app(
                     f"({size:,} bytes)"
                 )
             stored = False
+            if out is not None:
+                await run_in_threadpool(out.commit)
+                out, stored = None, True
             if dest is not None:
                 staged = Staged("upload", sha, size, dest, owned=True)
                 stored = await run_in_threadpool(registry.blobs.put_staged, staged)
@@ -402,6 +428,8 @@ def create_app(
                 f.close()
             if dest is not None:
                 dest.unlink(missing_ok=True)
+            if out is not None:
+                out.abort()
         return {"stored": stored}
 
     @app.get("/v1/blobs/{sha}", response_model=None)
@@ -420,7 +448,12 @@ def create_app(
             return FileResponse(path, media_type="application/octet-stream")
         # sealed (or remote): opened here, chunk by chunk; the client checks the sha256
         pieces = registry.blobs.pieces(sha, size)
-        first = next(pieces)  # a missing or damaged blob fails here, as an error response
+        try:
+            first = next(pieces)  # a missing or damaged blob fails here, as an error response
+        except KeyUnavailable:  # the server's key file is its operator's business, not the client's
+            raise NotFound(
+                f"blob {sha} is sealed with a key this server does not hold: ask its operator"
+            ) from None
         return StreamingResponse(
             _chain(first, pieces),
             media_type="application/octet-stream",
@@ -431,7 +464,7 @@ def create_app(
     def register(body: RegisterIn, who: tokens.Principal = Auth) -> dict[str, Any]:
         who.require(ns(body.name), "writer")
         for parent in body.parents:
-            who.require(ns(parent), "reader")
+            guard(who, parent, "reader")
         dataset = None
         if body.dataset_uri is not None:
             if body.dataset_version is None:
@@ -529,6 +562,22 @@ def create_app(
         as_(who).record("download", str(version.ref), {"files": len(files)})
         return {"version": version.to_dict(), "files": files}
 
+    def check_search_root(version: Any) -> None:
+        if not roots:
+            raise InvalidInput(
+                "this server searches no indexes: start it with --search-root URI (indexes of "
+                "namespace NS under URI/NS/)"
+            )
+        if version.dataset_uri is None:
+            return  # not an index: the searcher lookup refuses it
+        where = _canonical_prefix(version.dataset_uri)
+        home = [r + version.ref.namespace + "/" for r in roots]
+        if not any(where.startswith(h) for h in home):
+            raise PermissionDenied(
+                f"{version.ref}'s table {version.dataset_uri} is not under its namespace's "
+                f"directory in this server's search roots ({', '.join(home)})"
+            )
+
     @app.post("/v1/search")
     def search(body: SearchIn, who: tokens.Principal = Auth) -> dict[str, Any]:
         """Search a registered index as the token's principal: only what the access groups
@@ -537,10 +586,12 @@ def create_app(
 
         guard(who, body.ref, "reader")
         version = registry.resolve(body.ref)
+        searcher = load_searcher(version.kind, str(version.ref))
+        check_search_root(version)
         if (body.query is None) == (body.vector is None):
             raise InvalidInput("a search takes a query text or a query vector (one of them)")
         query: str | list[float] = body.query if body.query is not None else body.vector or []
-        hits = load_searcher(version.kind, str(version.ref)).search(
+        hits = searcher.search(
             version,
             query,
             body.k,
@@ -648,6 +699,7 @@ def serve(
     port: int,
     config: Any = None,
     workers: int = 1,
+    search_roots: Sequence[str] = (),
 ) -> None:
     """Run the server until interrupted: uvicorn with ``workers`` processes sharing the port
     (and one URL-signing key)."""
@@ -657,9 +709,11 @@ def serve(
 
     if workers < 1:
         raise InvalidInput(f"--workers {workers}: at least 1")
+    _signing_key()  # a bad shared key: one line now, not a traceback in every worker
     if workers == 1:
         registry = Registry(db, blobs, config=config, actor="server")
-        uvicorn.run(create_app(registry, storage=config), host=host, port=port, log_level="warning")
+        app = create_app(registry, storage=config, search_roots=search_roots)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
         return
     Registry(db, blobs, config=config, actor="server").close()  # migrate once, fail early
     os.environ.setdefault("SHARDYARD_SIGNING_KEY", secrets.token_bytes(32).hex())
@@ -668,6 +722,7 @@ def serve(
             "db": db,
             "blobs": blobs,
             "storage": dataclasses.asdict(config) if config is not None else None,
+            "search_roots": list(search_roots),
         }
     )
     uvicorn.run(
@@ -687,7 +742,31 @@ def _worker_app() -> FastAPI:
     doc = json.loads(os.environ["_SHARDYARD_SERVE"])
     config = StorageConfig(**doc["storage"]) if doc["storage"] is not None else None
     registry = Registry(doc["db"], doc["blobs"], config=config, actor="server")
-    return create_app(registry, storage=config)
+    return create_app(registry, storage=config, search_roots=doc["search_roots"])
+
+
+def _signing_key() -> bytes | None:
+    """SHARDYARD_SIGNING_KEY (several workers or hosts sign blob URLs with one key): at least
+    32 bytes, in hex."""
+    shared = os.environ.get("SHARDYARD_SIGNING_KEY")
+    if not shared:
+        return None
+    try:
+        key = bytes.fromhex(shared.strip())
+    except ValueError:
+        key = b""
+    if len(key) < 32:
+        raise InvalidInput(
+            "SHARDYARD_SIGNING_KEY must be at least 32 bytes in hex (64 hex digits): "
+            "python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return key
+
+
+def _canonical_prefix(uri: str) -> str:
+    from datastore.uri import parse_uri
+
+    return parse_uri(uri).uri.rstrip("/") + "/"
 
 
 def _json(doc: Any) -> Response:

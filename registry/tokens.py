@@ -85,6 +85,7 @@ class Principal:
     namespace: str
     role: str
     groups: tuple[str, ...] = ()  # access groups for searches (none: public chunks only)
+    operator: bool = False  # database access (the CLI on the registry's host): may grant any group
 
     def covers(self, namespace: str) -> bool:
         """Whether the token's scope includes ``namespace``."""
@@ -110,7 +111,7 @@ class Principal:
             )
 
 
-OPERATOR = Principal("operator", "*", "admin")
+OPERATOR = Principal("operator", "*", "admin", operator=True)
 
 
 def parse_duration(text: str) -> float:
@@ -148,7 +149,7 @@ def create_token(
     if expires_in is not None and expires_in <= 0:
         raise InvalidInput("a token's lifetime must be positive")
     groups = tuple(sorted(set(_check_group(g) for g in groups)))
-    if by.namespace != "*" and not set(groups) <= set(by.groups):
+    if not by.operator and not set(groups) <= set(by.groups):
         raise PermissionDenied(
             f"{by.actor} may not grant access groups it does not hold: "
             f"{', '.join(sorted(set(groups) - set(by.groups)))}"

@@ -196,12 +196,20 @@ def test_search_through_the_server_uses_the_tokens_groups(tmp_path: Path) -> Non
     from registry.remote import RemoteRegistry
     from tests.registry.conftest import serving
 
-    table, vecs, groups = _table(tmp_path / "db", 400, seed=3)
+    roots = tmp_path / "indexes"
+    table, vecs, groups = _table(roots / "team" / "db", 400, seed=3)
+    other, _, _ = _table(tmp_path / "elsewhere", 20, seed=4)
     reg = Registry(str(tmp_path / "r.db"), str(tmp_path / "b"))
-    uri = str(tmp_path / "db" / "chunks.lance")
+    uri = str(roots / "team" / "db" / "chunks.lance")
     reg.register("team/idx", kind="vector-index", dataset=(uri, int(table.version)))
     reg.register("team/data", kind="dataset", dataset=("file:///x", 1))
-    with serving(reg) as srv:
+    # a writer of team pointing an index at a table outside team's directory (another
+    # team's, read with the server's credentials) is refused at search time
+    stray = str(tmp_path / "elsewhere" / "chunks.lance")
+    reg.register("team/stray", kind="vector-index", dataset=(stray, int(other.version)))
+    with serving(reg) as bare, pytest.raises(InvalidInput, match="--search-root"):
+        RemoteRegistry(bare["url"], bare["tokens"]["reader"]).search("team/idx:1", [0.0] * 32)
+    with serving(reg, (str(roots),)) as srv:
         eng, _ = tokens.create_token(reg.engine, "team", "reader", groups=["eng"])
         nobody = srv["tokens"]["reader"]  # no groups: public chunks only
         q = vecs[5] + 0.1
@@ -215,13 +223,16 @@ def test_search_through_the_server_uses_the_tokens_groups(tmp_path: Path) -> Non
             assert all({EVERYONE, *principal} & set(h["access_groups"]) for h in hits)
         with pytest.raises(PermissionDenied):
             RemoteRegistry(srv["url"], srv["tokens"]["other"]).search("team/idx:1", q.tolist())
+        with pytest.raises(PermissionDenied, match="not under its namespace's directory"):
+            RemoteRegistry(srv["url"], eng).search("team/stray:1", q.tolist())
         with pytest.raises(InvalidInput, match="team/data:1 is a dataset: this server searches"):
             RemoteRegistry(srv["url"], eng).search("team/data:1", q.tolist())
         with pytest.raises(InvalidInput, match="filter"):
             RemoteRegistry(srv["url"], eng).search("team/idx:1", q.tolist(), where="1=1) OR (1=1")
-        with pytest.raises(PermissionDenied, match="does not hold: legal"):
-            admin = tokens.Principal("token:x", "team", "admin", ("eng",))
-            tokens.create_token(reg.engine, "team", "reader", by=admin, groups=["legal"])
+        for scope in ("team", "*"):  # a token admin, even of every namespace, grants only its own
+            admin = tokens.Principal("token:x", scope, "admin", ("eng",))
+            with pytest.raises(PermissionDenied, match="does not hold: legal"):
+                tokens.create_token(reg.engine, "team", "reader", by=admin, groups=["legal"])
         searches = audit.records(reg.engine, action="search")
         assert len(searches) == 2 and searches[0].target == "team/idx:1"
         assert searches[0].detail["groups"] == ["eng"] and searches[1].detail["groups"] == []

@@ -53,7 +53,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(reg: Registry) -> Iterator[dict[str, Any]]:
+def serving(reg: Registry, search_roots: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
     """``reg`` served on a loopback port, with tokens of each role in ``team`` (and an admin
     of ``other``): url, reg, tokens and their ids by role."""
     import uvicorn
@@ -63,7 +63,7 @@ def serving(reg: Registry) -> Iterator[dict[str, Any]]:
 
     port = _free_port()
     config = uvicorn.Config(
-        create_app(reg, url_ttl=60, max_upload=10 << 20),
+        create_app(reg, url_ttl=60, max_upload=10 << 20, search_roots=search_roots),
         host="127.0.0.1",
         port=port,
         log_level="error",

@@ -206,7 +206,11 @@ def test_checkpoints_save_and_load_through_a_sealed_store(registry_db: str, tmp_
     residency.set_location(Registry(registry_db, blobs).engine, blobs, "eu", "aes-gcm", "k1")
     reg = Registry(registry_db, blobs, keys=_keys(tmp_path, "k1"))
     state = {"w": torch.arange(50_000, dtype=torch.float32), "b": torch.ones(7)}
-    checkpoints.save(reg, state, "team/ckpt", step=1, shard_bytes=64_000)
+    (tmp_path / "tmp").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+        checkpoints.save(reg, state, "team/ckpt", step=1, shard_bytes=64_000)
+    assert not list((tmp_path / "tmp").iterdir()), "no plaintext staged on local disk"
     assert not list((tmp_path / "blobs").glob("staging/shardyard-stage-*"))
     for obj in reg.blobs.list():  # no plaintext shard in the store
         raw = reg.blobs.store.get(obj.key)
@@ -260,3 +264,55 @@ def test_cli_creates_keys_and_declares_a_sealed_location(tmp_path: Path) -> None
     got = cli("registry", "download", "team/x:1", str(tmp_path / "out"))
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "out" / "x.txt").read_text() == "sealed through the CLI"
+
+
+def test_a_process_opened_before_encryption_never_writes_plaintext_over_sealed_blobs(
+    registry_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server or job that opened the registry before `location set --encryption aes-gcm`
+    does not know to seal: it must find the sealed blob present (not overwrite it with
+    plaintext) and still open it with the key file."""
+    keys = _keys(tmp_path, "k1")
+    monkeypatch.setenv("SHARDYARD_KEY_FILE", str(keys.path))
+    blobs = str(tmp_path / "blobs")
+    stale = Registry(registry_db, blobs)  # opened first: no sealer
+    residency.set_location(stale.engine, blobs, "eu", "aes-gcm", "k1")
+    fresh = Registry(registry_db, blobs)
+    src = write_files(tmp_path / "m", **{"w.bin": "secret weights " * 100, "t.txt": "abc"})
+    fresh.register("team/m", [src], kind="model")
+    before = {o.key: o.size for o in fresh.blobs.list()}
+    stale.register("team/m", [src], kind="model")  # same files through the stale process
+    after = {o.key: o.size for o in stale.blobs.list()}
+    assert after == before, "nothing rewritten"
+    for o in stale.blobs.list():
+        assert b"secret weights" not in stale.blobs.store.get(o.key)
+    stale.download("team/m:2", tmp_path / "out")  # opened with the key file, tiny one too
+    assert (tmp_path / "out" / "w.bin").read_text() == "secret weights " * 100
+    assert (tmp_path / "out" / "t.txt").read_text() == "abc"
+    # and a new file through the stale process is sealed: it follows the location now
+    new = write_files(tmp_path / "n", **{"x.bin": "fresh secret " * 50})
+    v = stale.register("team/m", [new], kind="model")
+    raw = stale.blobs.store.get(stale.blobs.key(v.files[0].sha256))
+    assert b"fresh secret" not in raw and stale.blobs.sealer is not None
+
+
+def test_checkpoints_reuse_shards_stored_before_the_location_was_encrypted(
+    registry_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    from registry import checkpoints
+
+    blobs = str(tmp_path / "blobs")
+    plain = Registry(registry_db, blobs)
+    state = {"a": torch.arange(30_000, dtype=torch.float32), "b": torch.zeros(30_000)}
+    checkpoints.save(plain, state, "team/ckpt", step=1, shard_bytes=100_000)
+    residency.set_location(plain.engine, blobs, "eu", "aes-gcm", "k1")
+    sealed = Registry(registry_db, blobs, keys=_keys(tmp_path, "k1"))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    state["b"] = torch.ones(30_000)  # shard of "a" unchanged: reused as it is (plain)
+    checkpoints.save(sealed, state, "team/ckpt", step=2, shard_bytes=100_000)
+    assert not list((tmp_path / "tmp").iterdir()), "no plaintext staged on local disk"
+    for ref, b in (("team/ckpt:1", 0.0), ("team/ckpt:2", 1.0)):
+        loaded = checkpoints.load(sealed, ref)
+        assert torch.equal(loaded["a"], state["a"]) and float(loaded["b"][0]) == b

@@ -168,16 +168,16 @@ def test_a_registration_slower_than_the_grace_claims_and_uploads_again(
     registration claims and uploads again instead of referencing deleted blobs."""
     reused = _orphan(reg, "old shard", age=2 * DAY)
     last = hashlib.sha256(b"new").hexdigest()
-    real_has = reg.blobs.has
+    real_present = reg.blobs.present
     collected: list[int] = []
 
-    def has_then_gc(sha256: str, size: int) -> bool:
-        found = real_has(sha256, size)
+    def present_then_gc(sha256: str, size: int) -> bool:
+        found = real_present(sha256, size)
         if found and sha256 == last and not collected:  # the last blob is stored, verified
             collected.append(gcp.gc(reg, grace=0).deleted)
         return found
 
-    monkeypatch.setattr(reg.blobs, "has", has_then_gc)
+    monkeypatch.setattr(reg.blobs, "present", present_then_gc)
     v = reg.register("slow", [_files(tmp_path / "s", a="old shard", z="new")], kind="model")
     assert collected == [2], "GC took both blobs"
     assert {f.sha256 for f in v.files} >= {reused}

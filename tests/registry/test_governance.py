@@ -234,12 +234,17 @@ def test_a_declared_sse_location_makes_the_blob_store_send_sse(reg: Registry) ->
 
     residency.set_location(reg.engine, "s3://k/", "eu-west-1", "sse-kms", kms_key_id="key-1")
     residency.set_location(reg.engine, "s3://s/", "eu-west-1", "sse-s3")
-    kms, sealer = _encrypted(reg.engine, "s3://k/blobs", None, None)
+
+    def encrypted(uri: str) -> Any:
+        with reg.engine.connect() as conn:
+            return _encrypted(residency.location_of(conn, uri), uri, None, None)
+
+    kms, sealer = encrypted("s3://k/blobs")
     assert kms is not None and (kms.sse, kms.sse_kms_key_id) == ("aws:kms", "key-1")
     assert sealer is None
-    sse, _ = _encrypted(reg.engine, "s3://s/blobs", None, None)
+    sse, _ = encrypted("s3://s/blobs")
     assert sse is not None and sse.sse == "AES256"
-    assert _encrypted(reg.engine, "s3://plain/blobs", None, None) == (None, None)
+    assert encrypted("s3://plain/blobs") == (None, None)
 
 
 def test_residency_follows_lineage_to_what_is_derived(registry_db: str, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ client against it, and every refusal the governance issue lists."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,6 +292,19 @@ def test_a_sealed_s3_store_is_served_opened_and_never_presigned(
         assert b"confidential" not in raw and len(raw) > len(body)
 
 
+def test_a_shared_signing_key_must_be_long_hex(monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry.server import _signing_key
+
+    for bad in ("ab", "not hex at all", "00" * 16):
+        monkeypatch.setenv("SHARDYARD_SIGNING_KEY", bad)
+        with pytest.raises(InvalidInput, match="at least 32 bytes in hex"):
+            _signing_key()
+    monkeypatch.setenv("SHARDYARD_SIGNING_KEY", "ab" * 32)
+    assert _signing_key() == bytes.fromhex("ab" * 32)
+    monkeypatch.delenv("SHARDYARD_SIGNING_KEY")
+    assert _signing_key() is None
+
+
 def test_residency_of_derived_data_is_checked_before_upload(
     registry_db: str, tmp_path: Path
 ) -> None:
@@ -343,7 +357,29 @@ def test_several_worker_processes_share_signed_urls_and_upload_proofs(
             except httpx.HTTPError:
                 time.sleep(0.2)
         assert len(workers) == 2, "two worker processes answer"
-        for i in range(8):
+        # two connections pinned to different workers: URLs signed by one are honoured by
+        # the other, and the upload proven to the second lets the first register the version
+        auth = {"Authorization": f"Bearer {secret}"}
+        first = httpx.Client(base_url=url, headers=auth, timeout=10)
+        second = httpx.Client(base_url=url, headers=auth, timeout=10)
+        while second.get("/v1/health").json()["worker"] == first.get("/v1/health").json()["worker"]:
+            second.close()
+            second = httpx.Client(base_url=url, headers=auth, timeout=10)
+        data = b"pinned weights" * 1000
+        sha = hashlib.sha256(data).hexdigest()
+        files = [{"path": "w.bin", "sha256": sha, "size": len(data)}]
+        signed = first.post("/v1/uploads", json={"name": "team/pinned", "files": files})
+        put = second.put(signed.json()["upload"][sha], content=data)
+        assert put.status_code == 200, put.text
+        made = first.post(
+            "/v1/versions", json={"name": "team/pinned", "kind": "model", "files": files}
+        )
+        assert made.status_code == 200, made.text
+        listed = second.get("/v1/downloads/team/pinned:1").json()["files"][0]["url"]
+        assert first.get(listed).content == data
+        first.close()
+        second.close()
+        for i in range(4):  # and the client library, over fresh connections
             src = write_files(tmp_path / f"m{i}", **{"w.bin": f"weights {i}" * 500})
             with RemoteRegistry(url, secret) as w:
                 v = w.register("team/model", [src], kind="model")
