@@ -173,7 +173,7 @@ class BlobStore:
             raw.abort()
             raise
 
-    def _sealing(self, sha256: str, sink: Callable[[bytes], None]) -> _Sink:
+    def _sealing(self, sha256: str, sink: Callable[[memoryview | bytes], None]) -> _Sink:
         """Where to write a blob's plaintext: through the sealer, or straight to ``sink``."""
         if self.sealer is None:
             return _Plain(sink)
@@ -447,11 +447,11 @@ class _Sink(Protocol):
 
 
 class _Plain:
-    def __init__(self, sink: Callable[[bytes], None]) -> None:
+    def __init__(self, sink: Callable[[memoryview | bytes], None]) -> None:
         self._sink = sink
 
     def write(self, data: bytes | memoryview) -> None:
-        self._sink(data)  # type: ignore[arg-type]
+        self._sink(data)
 
     def close(self) -> None:
         pass

@@ -225,7 +225,7 @@ class Sealer:
 
     # -- writing
 
-    def writer(self, sha256: str, sink: Callable[[bytes], None]) -> SealWriter:
+    def writer(self, sha256: str, sink: Callable[[memoryview | bytes], None]) -> SealWriter:
         """A writer that takes the blob's plaintext in any pieces and hands ``sink`` the sealed
         bytes, header first; :meth:`SealWriter.close` seals the last chunk."""
         if self.key_id is None:
@@ -312,32 +312,49 @@ class SealWriter:
     """Buffers plaintext into chunks and seals each; the last one is marked so that a cut
     blob does not open."""
 
-    def __init__(self, aead: Any, name: bytes, chunk: int, sink: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, aead: Any, name: bytes, chunk: int, sink: Callable[[memoryview | bytes], None]
+    ) -> None:
         self._aead = aead
         self._name = name
         self._chunk = chunk
         self._sink = sink
         self._buf = bytearray()
         self._index = 0
+        self._out: bytearray | None = None
 
     def _seal(self, data: bytes | bytearray | memoryview, last: bool) -> None:
         i = self._index
         aad = self._name + i.to_bytes(8, "big") + (b"\1" if last else b"\0")
-        self._sink(self._aead.encrypt(i.to_bytes(12, "big"), bytes(data), aad))
+        nonce = i.to_bytes(12, "big")
+        if hasattr(self._aead, "encrypt_into"):  # cryptography >= 45: one reused buffer
+            if self._out is None:
+                self._out = bytearray(self._chunk + _TAG)
+            out = memoryview(self._out)[: len(data) + _TAG]
+            self._aead.encrypt_into(nonce, data, aad, out)
+            self._sink(out)  # datastore writers copy or write a mutable buffer at once
+        else:
+            self._sink(self._aead.encrypt(nonce, data, aad))
         self._index += 1
 
     def write(self, data: bytes | memoryview) -> None:
-        """Take the next plaintext bytes."""
+        """Take the next plaintext bytes. A full chunk is sealed only once more bytes come
+        (until then it may be the last); whole chunks are sealed straight from the input, so
+        at most one partial chunk per call is copied."""
         view = memoryview(data).cast("B")
-        if not self._buf and len(view) > self._chunk:  # whole chunks straight from the input
-            full = (len(view) - 1) // self._chunk * self._chunk  # keep one back: it may be last
-            for at in range(0, full, self._chunk):
-                self._seal(view[at : at + self._chunk], False)
-            view = view[full:]
-        self._buf += view
-        while len(self._buf) > self._chunk:
-            self._seal(self._buf[: self._chunk], False)
-            del self._buf[: self._chunk]
+        chunk = self._chunk
+        while len(view):
+            if len(self._buf) == chunk:  # full, and more is coming: not the last
+                self._seal(self._buf, False)
+                self._buf = bytearray()
+            if not self._buf and len(view) > chunk:
+                whole = (len(view) - 1) // chunk  # keep the last one back
+                for n in range(whole):
+                    self._seal(view[n * chunk : (n + 1) * chunk], False)
+                view = view[whole * chunk :]
+            take = min(chunk - len(self._buf), len(view))
+            self._buf += view[:take]
+            view = view[take:]
 
     def close(self) -> None:
         """Seal what is left as the last chunk (an empty blob is one empty chunk)."""
