@@ -105,12 +105,15 @@ class RemoteRegistry:
         name: str | None = None,
         kind: str | None = None,
         sha256: str | None = None,
+        dataset: tuple[str, int] | None = None,
         limit: int | None = None,
     ) -> list[Version]:
         params: dict[str, Any] = {"tag": [f"{k}={v}" for k, v in (tags or {}).items()]}
         for key, value in (("name", name), ("kind", kind), ("sha256", sha256), ("limit", limit)):
             if value is not None:
                 params[key] = value
+        if dataset is not None:
+            params["dataset_uri"], params["dataset_version"] = dataset[0], int(dataset[1])
         return [Version.from_dict(d) for d in self._call("GET", "/v1/find", params=params)]
 
     def alias_history(self, name: str, alias: str) -> list[dict[str, Any]]:

@@ -294,13 +294,22 @@ def create_app(
         name: str | None = Query(default=None, max_length=700),
         kind: str | None = Query(default=None, max_length=32),
         sha256: str | None = Query(default=None, pattern=r"^[0-9a-f]{64}$"),
+        dataset_uri: str | None = Query(default=None, max_length=2048),
+        dataset_version: int | None = Query(default=None, ge=0),
         limit: int | None = Query(default=None, ge=1, le=100_000),
         who: tokens.Principal = Auth,
     ) -> list[dict[str, Any]]:
         pairs = parse_pairs(tag, "tag")
         if name is not None:
             who.require(ns(name), "reader")
-        found = registry.find(tags=pairs, name=name, kind=kind, sha256=sha256, limit=limit)
+        dataset = None
+        if dataset_uri is not None and dataset_version is not None:
+            dataset = (dataset_uri, dataset_version)
+        elif dataset_uri is not None or dataset_version is not None:
+            raise InvalidInput("dataset_uri and dataset_version go together")
+        found = registry.find(
+            tags=pairs, name=name, kind=kind, sha256=sha256, dataset=dataset, limit=limit
+        )
         return [v.to_dict() for v in found if readable(who, v)]
 
     @app.get("/v1/alias-history")

@@ -229,6 +229,8 @@ def test_hot_reads_match_the_general_path_and_find_combines_conditions(
         "team/data:1"
     ]
     assert client.find(tags={"license": "ok"}, kind="model") == []
+    assert [str(v.ref) for v in client.find(dataset=("file:///d", 3))] == ["team/data:1"]
+    assert client.find(dataset=("file:///d", 4)) == []
     sha = fast[0].files[0].sha256
     assert (
         len(client.find(sha256=sha, kind="model")) == 5
