@@ -46,15 +46,14 @@ from pipelines.report import JobReport
 from pipelines.runner import Progress, dask_client, run_tasks
 from pipelines.sources import open_text_source
 from pipelines.vectors import (
-    EVERYONE,
     IndexSpec,
     TableRef,
-    check_group,
     chunk_schema,
     create_vector_index,
     open_db,
 )
 from pipelines.work import WorkDir, job_work_uri
+from registry.refs import EVERYONE, check_group
 
 __all__ = ["EmbedConfig", "EmbedReport", "embed"]
 

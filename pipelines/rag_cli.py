@@ -182,8 +182,14 @@ def search_command(
 
     location = registry or os.environ.get("SHARDYARD_REGISTRY") or ""
     if location.startswith(("http://", "https://")):
-        local_only = {"--groups": groups, "--model": model, "--table-version": version}
-        local_only.update({"--ef": ef, "--nprobes": nprobes, "--refine": refine})
+        local_only = {
+            "--groups": groups,
+            "--model": model,
+            "--table-version": version,
+            "--ef": ef,
+            "--nprobes": nprobes,
+            "--refine": refine,
+        }
         given = [name for name, value in local_only.items() if value is not None]
         if given:
             raise InvalidInput(

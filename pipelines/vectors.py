@@ -18,7 +18,6 @@ quantisation, searched with a refine step so distances are exact cosine and reca
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ import pyarrow as pa
 
 from datastore import StorageConfig
 from datastore.errors import InvalidInput, NotFound
+from registry.refs import EVERYONE, check_group
 
 if TYPE_CHECKING:
     import lancedb
@@ -43,12 +43,9 @@ __all__ = [
     "split_table_uri",
 ]
 
-#: The access group every principal holds (chunks of documents declared public).
-EVERYONE = "*"
 #: Below this many chunks, search is exact (no vector index).
 FLAT_BELOW = 20_000
 META_KEY = b"shardyard.embed"
-_GROUP = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,128}")
 
 
 def storage_options(config: StorageConfig | None) -> dict[str, str]:
@@ -137,16 +134,6 @@ def table_meta(schema: pa.Schema) -> dict[str, Any]:
     if raw is None:
         raise InvalidInput("the table was not written by `shardyard embed` (no embed metadata)")
     return dict(json.loads(raw))
-
-
-def check_group(group: str) -> str:
-    """``group`` if it is a valid access group name."""
-    if group == EVERYONE or not _GROUP.fullmatch(group):
-        raise InvalidInput(
-            f"access group {group!r} is not valid: 1-128 of letters, digits and _.:@/+=- "
-            f"({EVERYONE!r} is reserved for 'everyone')"
-        )
-    return group
 
 
 def acl_filter(groups: list[str] | None) -> str | None:

@@ -79,10 +79,6 @@ class BlobStore:
         self.sealer = sealer
         self._reader: Sealer | None = None
 
-    def stored_size(self, size: int) -> int:
-        """How many bytes a ``size``-byte blob takes in this store (more when sealed)."""
-        return self.sealer.sealed_size(size) if self.sealer is not None else size
-
     MARKER = "REGISTRY.json"
 
     def claim_for(self, registry_id: str, database: str) -> None:
@@ -116,8 +112,11 @@ class BlobStore:
         overwrites it with plaintext."""
         stored = self._stored(sha256)
         if self.sealer is not None:
-            return stored == self.sealer.sealed_size(size)
-        return stored in (size, sealed_size(size))
+            return stored == self._sealed_size(size)
+        return stored in (size, self._sealed_size(size))
+
+    def _sealed_size(self, size: int) -> int:
+        return self.sealer.sealed_size(size) if self.sealer is not None else sealed_size(size)
 
     def _stored(self, sha256: str) -> int | None:
         try:
@@ -127,9 +126,7 @@ class BlobStore:
 
     def present(self, sha256: str, size: int) -> bool:
         """Whether the blob is stored whole in either form (plain or sealed): readable."""
-        stored = self._stored(sha256)
-        sealed = self.sealer.sealed_size(size) if self.sealer is not None else sealed_size(size)
-        return stored in (size, sealed)
+        return self._stored(sha256) in (size, self._sealed_size(size))
 
     def put_file(self, path: Path, sha256: str | None = None) -> tuple[str, int, bool]:
         """Store the file at ``path``; (sha256, size, uploaded: False when already stored).
@@ -333,11 +330,15 @@ class BlobStore:
                 raise self._missing(sha256) from None
             if not _may_be_sealed(buf[: len(MAGIC)].to_pybytes()):
                 return buf
-            if self._stored(sha256) == size:  # a plain file that starts like a sealed one
+            stored = self._stored(sha256)
+            if stored == size:  # a plain file that starts like a sealed one
                 return buf
+            opened = self._open_sealed(sha256, size, stored)
+        else:
+            opened = self.pieces(sha256, size)
         out = bytearray(size)
         at = 0
-        for piece in self.pieces(sha256, size):
+        for piece in opened:
             out[at : at + len(piece)] = piece
             at += len(piece)
         return out
@@ -358,19 +359,24 @@ class BlobStore:
             first = next(plain, None)
             if first is None:
                 return
-            if not _may_be_sealed(bytes(first[: len(MAGIC)])) or self._stored(sha256) == size:
+            stored = self._stored(sha256) if _may_be_sealed(bytes(first[: len(MAGIC)])) else size
+            if stored == size:
                 yield first
                 yield from plain
                 return
             plain.close()
+        else:
+            stored = self._stored(sha256)
+            if stored == size:  # written before the location was encrypted: plain, checked
+                yield from self._pieces(sha256, size)
+                return
+        yield from self._open_sealed(sha256, size, stored)
+
+    def _open_sealed(self, sha256: str, size: int, stored: int | None) -> Iterator[memoryview]:
+        """The plaintext of sealed blob ``sha256`` whose object is ``stored`` bytes."""
+        if stored is None:
+            raise self._missing(sha256)
         key = self.key(sha256)
-        try:
-            stored = self.store.head(key).size
-        except NotFound:
-            raise self._missing(sha256) from None
-        if stored == size:  # written before the location was encrypted: plain, still checked
-            yield from self._pieces(sha256, size)
-            return
         where = f"blob {self.store.uri_of(key)}"
 
         def read(offset: int, length: int) -> bytes:

@@ -321,15 +321,14 @@ class SealWriter:
         self._sink = sink
         self._buf = bytearray()
         self._index = 0
-        self._out: bytearray | None = None
+        # cryptography >= 45 seals into one reused buffer; older ones allocate per chunk
+        self._out = bytearray(chunk + _TAG) if hasattr(aead, "encrypt_into") else None
 
     def _seal(self, data: bytes | bytearray | memoryview, last: bool) -> None:
         i = self._index
         aad = self._name + i.to_bytes(8, "big") + (b"\1" if last else b"\0")
         nonce = i.to_bytes(12, "big")
-        if hasattr(self._aead, "encrypt_into"):  # cryptography >= 45: one reused buffer
-            if self._out is None:
-                self._out = bytearray(self._chunk + _TAG)
+        if self._out is not None:
             out = memoryview(self._out)[: len(data) + _TAG]
             self._aead.encrypt_into(nonce, data, aad, out)
             self._sink(out)  # datastore writers copy or write a mutable buffer at once

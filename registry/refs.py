@@ -18,9 +18,11 @@ from datastore.errors import InvalidInput
 
 __all__ = [
     "DEFAULT_NAMESPACE",
+    "EVERYONE",
     "KINDS",
     "Ref",
     "check_alias",
+    "check_group",
     "check_name",
     "check_namespace",
     "parse_pairs",
@@ -28,6 +30,22 @@ __all__ = [
 ]
 
 DEFAULT_NAMESPACE = "default"
+
+#: The access group every principal holds (chunks of documents declared public).
+EVERYONE = "*"
+_GROUP = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,128}")
+
+
+def check_group(group: str) -> str:
+    """``group`` if it is a valid access group name: what chunks carry (pipelines.embed) and
+    what tokens grant (registry.tokens)."""
+    if group == EVERYONE or not _GROUP.fullmatch(group):
+        raise InvalidInput(
+            f"access group {group!r} is not valid: 1-128 of letters, digits and _.:@/+=- "
+            f"({EVERYONE!r} is reserved for 'everyone')"
+        )
+    return group
+
 
 #: What an artifact holds.
 KINDS = ("dataset", "tokenizer", "checkpoint", "model", "vector-index", "other")

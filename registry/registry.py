@@ -37,7 +37,7 @@ from registry.lineage import Direction, Lineage, ancestors, walk
 from registry.policy import Policy
 from registry.reads import Reader
 from registry.refs import KINDS, Ref, check_alias, check_name, check_namespace, parse_ref
-from registry.residency import Location, check_residency, derived_from, location_of
+from registry.residency import Location, check_residency, location_of
 
 __all__ = ["FileEntry", "Registry", "Version", "default_home"]
 
@@ -282,12 +282,10 @@ class Registry:
         if dataset is not None:
             where.append(("dataset", dataset[0]))
         with self._read() as conn:  # before any byte is stored where the namespace may not be
-            derived = (
-                derived_from(conn, [self._version_row(conn, p)["id"] for p in parent_refs])
-                if parent_refs and where
-                else []
-            )
-            check_residency(conn, ref.namespace, where, derived)
+            # parents resolved now (a bad one is refused before any upload); their lineage
+            # is walked only if some residency policy exists
+            parent_ids = [self._version_row(conn, p)["id"] for p in parent_refs] if where else []
+            check_residency(conn, ref.namespace, where, lambda: parent_ids)
             if uploads:
                 self.refresh_storage(conn)
         # Every blob claimed against GC, stored and verified before any row (registry.gc).
@@ -581,10 +579,8 @@ class Registry:
 
     def alias_at(self, name: str, alias: str, when: float) -> Version | None:
         """The version ``alias`` pointed at, at UNIX time ``when`` (None: not set then)."""
-        moves = [m for m in self.alias_history(name, alias) if m["at"] <= when]
-        if not moves or moves[-1]["version"] is None:
-            return None
-        return self.resolve(parse_ref(name).at(moves[-1]["version"]))
+        number = alias_number_at(self.alias_history(name, alias), when)
+        return None if number is None else self.resolve(parse_ref(name).at(number))
 
     def download(self, ref: str, dest: str | os.PathLike[str]) -> Path:
         """The files of version ``ref`` under directory ``dest``, each verified."""
@@ -711,7 +707,7 @@ class Registry:
             .select_from(t.versions.join(t.artifacts, t.artifacts.c.id == v.artifact_id))
             .where(v.id == child)
         ).scalar_one()
-        check_residency(conn, namespace, where, derived_from(conn, [parent]))
+        check_residency(conn, namespace, where, lambda: [parent])
 
     def lineage(
         self, ref: str, direction: Direction = "upstream", depth: int | None = None
@@ -1008,6 +1004,13 @@ class Registry:
 #: created the row first), deadlock, serialization failure. On SQLite writers are serialized
 #: by BEGIN IMMEDIATE, so an integrity error there is the data's and is never retried.
 _RETRYABLE = {"23505", "40P01", "40001"}
+
+
+def alias_number_at(history: Sequence[Mapping[str, Any]], when: float) -> int | None:
+    """The version number an alias pointed at, at UNIX time ``when``, from its
+    :meth:`Registry.alias_history` (None: not set then)."""
+    moves = [m for m in history if m["at"] <= when]
+    return None if not moves or moves[-1]["version"] is None else int(moves[-1]["version"])
 
 
 def _lock_version(conn: Connection, version_id: int) -> None:

@@ -34,7 +34,7 @@ from registry.blobs import sha256_file
 from registry.lineage import Direction, Lineage
 from registry.policy import Policy
 from registry.refs import parse_ref
-from registry.registry import Version, _collect
+from registry.registry import Version, _collect, alias_number_at
 
 __all__ = ["RemoteRegistry"]
 
@@ -121,10 +121,8 @@ class RemoteRegistry:
 
     def alias_at(self, name: str, alias: str, when: float) -> Version | None:
         """The version ``alias`` pointed at, at UNIX time ``when`` (None: not set then)."""
-        moves = [m for m in self.alias_history(name, alias) if m["at"] <= when]
-        if not moves or moves[-1]["version"] is None:
-            return None
-        return self.resolve(str(parse_ref(name).at(moves[-1]["version"])))
+        number = alias_number_at(self.alias_history(name, alias), when)
+        return None if number is None else self.resolve(str(parse_ref(name).at(number)))
 
     def lineage(
         self, ref: str, direction: Direction = "upstream", depth: int | None = None

@@ -17,7 +17,7 @@ which and how to fix it. Policy and location changes are audited.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select
@@ -33,7 +33,6 @@ __all__ = [
     "Location",
     "allowed_regions",
     "check_residency",
-    "derived_from",
     "location_of",
     "set_location",
     "set_residency",
@@ -138,7 +137,7 @@ def _allowed(rows: dict[str, str], namespace: str) -> tuple[str, list[str]] | No
     return " and ".join(owners), sorted(allowed or set())
 
 
-def derived_from(conn: Connection, version_ids: Iterable[int]) -> list[tuple[str, str]]:
+def _derived_from(conn: Connection, version_ids: Iterable[int]) -> list[tuple[str, str]]:
     """(namespace, a version ref there) for the versions ``version_ids`` and everything they
     derive from: the namespaces whose residency a version made from them inherits."""
     from registry.lineage import ancestors
@@ -163,14 +162,16 @@ def check_residency(
     conn: Connection,
     namespace: str,
     uris: list[tuple[str, str]],
-    derived: Iterable[tuple[str, str]] = (),
+    parents: Callable[[], Iterable[int]] | None = None,
 ) -> None:
     """Refuse (InvalidInput) when a location in ``uris`` ((what, uri) pairs) lies outside the
-    regions ``namespace`` may use, or those of the namespaces in ``derived`` ((namespace,
-    version ref) pairs of :func:`derived_from`: the data it is made from)."""
+    regions ``namespace`` may use, or those of every namespace the data comes from:
+    ``parents`` gives the ids of the versions it derives from, whose lineage is walked only
+    when some residency policy exists at all."""
     rows = _policies(conn)
     if not rows or not uris:
         return
+    derived = _derived_from(conn, parents()) if parents is not None else []
     checks: list[tuple[str, str | None]] = [(namespace, None)] + [(n, r) for n, r in derived]
     for ns, source in checks:
         policy = _allowed(rows, ns)

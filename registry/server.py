@@ -22,7 +22,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -46,7 +46,7 @@ from registry.envelope import KeyUnavailable
 from registry.policy import Policy, parse_condition
 from registry.refs import parse_pairs, parse_ref
 from registry.registry import Registry
-from registry.residency import check_residency, derived_from
+from registry.residency import check_residency
 
 __all__ = ["create_app"]
 
@@ -192,7 +192,7 @@ def create_app(
     def may_use_blob(who: tokens.Principal, sha: str) -> bool:
         if audit.exists(registry.engine, who.actor, "upload", f"blob:{sha}"):
             return True
-        return any(readable(who, v) for v in registry.find(sha256=sha, limit=50))
+        return bool(visible(who, registry.find(sha256=sha, limit=50)))
 
     @app.exception_handler(ShardyardError)
     async def _errors(_: Request, err: ShardyardError) -> JSONResponse:
@@ -230,12 +230,25 @@ def create_app(
         who.require(ns(ref), role)
         inherited(who, ref)
 
-    def readable(who: tokens.Principal, v: Any) -> bool:
-        try:
-            guard(who, str(v.ref), "reader")
-        except PermissionDenied:
-            return False
-        return True
+    def visible(
+        who: tokens.Principal, versions: Iterable[Any], restricted: bool | None = None
+    ) -> list[Any]:
+        """The ``versions`` ``who`` may read. Whether any version is restricted is probed
+        once for the whole list (``restricted``: already known), not once per version."""
+        if restricted is None:
+            restricted = registry.any_restricted()
+        out = []
+        for v in versions:
+            ref = str(v.ref)
+            if not who.can(ns(ref), "reader"):
+                continue
+            if restricted:
+                try:
+                    inherited(who, ref)
+                except PermissionDenied:
+                    continue
+            out.append(v)
+        return out
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
@@ -246,13 +259,13 @@ def create_app(
         # on the event loop: two indexed statements, cheaper than the hop to a thread; a
         # lineage walk (restricted versions exist) goes to the thread pool
         def body() -> Response:
-            guard(who, ref, "reader")
+            inherited(who, ref)
             return _json(registry.resolve(ref).to_dict())
 
         who.require(ns(ref), "reader")
         if registry.any_restricted():
             return await run_in_threadpool(body)
-        return body()
+        return _json(registry.resolve(ref).to_dict())
 
     @app.post("/v1/resolve")
     def resolve_many(body: ResolveIn, who: tokens.Principal = Auth) -> list[dict[str, Any]]:
@@ -272,13 +285,13 @@ def create_app(
     ) -> Response:
         who.require(ns(name), "reader")
 
-        def listing() -> Response:
-            found = registry.versions(name, limit)
-            return _json([v.to_dict() for v in found if readable(who, v)])
+        def listing(restricted: bool | None = None) -> Response:
+            found = visible(who, registry.versions(name, limit), restricted)
+            return _json([v.to_dict() for v in found])
 
         small = limit is not None and limit <= 100
         if small and not registry.any_restricted():  # small pages on the loop, else a thread
-            return listing()
+            return listing(restricted=False)
         return await run_in_threadpool(listing)
 
     @app.get("/v1/artifacts")
@@ -310,7 +323,7 @@ def create_app(
         found = registry.find(
             tags=pairs, name=name, kind=kind, sha256=sha256, dataset=dataset, limit=limit
         )
-        return [v.to_dict() for v in found if readable(who, v)]
+        return [v.to_dict() for v in visible(who, found)]
 
     @app.get("/v1/alias-history")
     def alias_history(
@@ -354,8 +367,9 @@ def create_app(
             upstream_tags=parse_pairs(upstream_tag, "upstream tag"),
         )
         rows = registry.deployable(name, policy)
+        shown = {id(v) for v in visible(who, [r["version"] for r in rows])}
         return _json(
-            [{**r, "version": r["version"].to_dict()} for r in rows if readable(who, r["version"])]
+            [{**r, "version": r["version"].to_dict()} for r in rows if id(r["version"]) in shown]
         )
 
     @app.post("/v1/uploads")
@@ -364,13 +378,12 @@ def create_app(
         who.require(ns(body.name), "writer")
         for parent in body.parents:
             guard(who, parent, "reader")
-        parent_ids = [registry.resolve(p).id for p in body.parents]
         with registry.engine.connect() as conn:  # before any byte is sent where it may not be
             check_residency(
                 conn,
                 ns(body.name),
                 [("blob store", registry.blob_location)],
-                derived_from(conn, parent_ids),
+                lambda: [registry.resolve(p).id for p in body.parents],
             )
             registry.refresh_storage(conn)  # uploads follow the location as it is now
         urls = {}

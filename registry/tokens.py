@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 from datastore.errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated
 from registry import audit
 from registry import schema as t
-from registry.refs import check_namespace
+from registry.refs import check_group, check_namespace
 
 __all__ = [
     "ROLES",
@@ -148,7 +148,7 @@ def create_token(
     by.require(namespace if namespace != "*" else "", "admin")
     if expires_in is not None and expires_in <= 0:
         raise InvalidInput("a token's lifetime must be positive")
-    groups = tuple(sorted(set(_check_group(g) for g in groups)))
+    groups = tuple(sorted({check_group(g.strip()) for g in groups}))
     if not by.operator and not set(groups) <= set(by.groups):
         raise PermissionDenied(
             f"{by.actor} may not grant access groups it does not hold: "
@@ -243,12 +243,3 @@ def authenticate(engine: Engine, token: str | None) -> Principal:
         raise Unauthenticated(f"API token {token_id} has expired")
     groups = tuple(json.loads(row["groups"] or "[]"))
     return Principal(f"token:{token_id}", row["namespace"], row["role"], groups)
-
-
-def _check_group(group: str) -> str:
-    """The group names chunks carry (pipelines.vectors.check_group); ``*`` is every
-    principal's already."""
-    group = group.strip()
-    if group == "*" or not re.fullmatch(r"[A-Za-z0-9_.:@/+=-]{1,128}", group):
-        raise InvalidInput(f"access group {group!r}: 1-128 of letters, digits and _.:@/+=-")
-    return group
